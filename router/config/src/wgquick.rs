@@ -1,0 +1,1 @@
+//! wg-quick / wg config file parser.

@@ -1,0 +1,1 @@
+//! Userspace WireGuard data plane (see ARCHITECTURE.md).

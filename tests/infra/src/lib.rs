@@ -1,0 +1,1 @@
+//! Test infrastructure shared by the netns and vm tiers.
