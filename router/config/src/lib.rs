@@ -2,4 +2,5 @@
 //! rendered into the per-site config a router reads. No sockets, no processes.
 #![forbid(unsafe_code)]
 
+pub mod endpoint;
 pub mod wgquick;
