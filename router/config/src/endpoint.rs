@@ -76,7 +76,9 @@ impl FromStr for Endpoint {
             return Ok(Endpoint::Addr(SocketAddr::new(IpAddr::V4(ip), port)));
         }
         if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-            return Err(format!("{host:?} in {s:?} is not a valid IPv4 address; {VALID}"));
+            return Err(format!(
+                "{host:?} in {s:?} is not a valid IPv4 address; {VALID}"
+            ));
         }
         check_dns_name(host).map_err(|why| format!("{host:?} in {s:?} {why}; {VALID}"))?;
         Ok(Endpoint::Name {
@@ -103,7 +105,9 @@ fn check_dns_name(host: &str) -> Result<(), &'static str> {
     for label in host.trim_end_matches('.').split('.') {
         let ok = !label.is_empty()
             && label.len() <= 63
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
             && !label.starts_with('-')
             && !label.ends_with('-');
         if !ok {
@@ -120,11 +124,17 @@ mod tests {
     #[test]
     fn parses_the_three_forms() {
         assert_eq!(
-            "198.51.100.1:51820".parse::<Endpoint>().unwrap().to_string(),
+            "198.51.100.1:51820"
+                .parse::<Endpoint>()
+                .unwrap()
+                .to_string(),
             "198.51.100.1:51820"
         );
         assert_eq!(
-            "[2001:db8:5::1]:51820".parse::<Endpoint>().unwrap().to_string(),
+            "[2001:db8:5::1]:51820"
+                .parse::<Endpoint>()
+                .unwrap()
+                .to_string(),
             "[2001:db8:5::1]:51820"
         );
         let e: Endpoint = "VPN.Example.com:4500".parse().unwrap();
@@ -136,11 +146,23 @@ mod tests {
     fn refuses_bad_forms_with_a_hint() {
         let err = "2001:db8::1:51820".parse::<Endpoint>().unwrap_err();
         assert!(err.contains("without brackets"), "{err}");
-        assert!("1.2.3.4".parse::<Endpoint>().unwrap_err().contains("no port"));
-        assert!("1.2.3.4:0".parse::<Endpoint>().unwrap_err().contains("1 to 65535"));
+        assert!("1.2.3.4"
+            .parse::<Endpoint>()
+            .unwrap_err()
+            .contains("no port"));
+        assert!("1.2.3.4:0"
+            .parse::<Endpoint>()
+            .unwrap_err()
+            .contains("1 to 65535"));
         assert!("1.2.3.4:70000".parse::<Endpoint>().is_err());
-        assert!("1.2.3.999:5".parse::<Endpoint>().unwrap_err().contains("IPv4"));
-        assert!("bad_host:5".parse::<Endpoint>().unwrap_err().contains("DNS"));
+        assert!("1.2.3.999:5"
+            .parse::<Endpoint>()
+            .unwrap_err()
+            .contains("IPv4"));
+        assert!("bad_host:5"
+            .parse::<Endpoint>()
+            .unwrap_err()
+            .contains("DNS"));
         assert!("[::1]".parse::<Endpoint>().is_err());
     }
 }

@@ -1,0 +1,196 @@
+//! The `sitelink` host CLI's commands. `main.rs` parses arguments and calls these.
+
+use std::fmt;
+use std::fs;
+use std::path::Path;
+
+use sitelink_config::diag::Diagnostic;
+use sitelink_config::keys::{KeyAction, Keystore, PublicKey};
+use sitelink_config::network::{self, Network};
+use sitelink_config::site;
+
+mod import;
+pub use import::import_wg;
+
+/// A command failure and the exit code it maps to.
+#[derive(Debug)]
+pub enum CliError {
+    /// The input was refused; every problem was printed as a diagnostic. Exit code 2.
+    Invalid { what: String, errors: usize },
+    /// Anything else. Exit code 1.
+    Failed(anyhow::Error),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Invalid { .. } => 2,
+            CliError::Failed(_) => 1,
+        }
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CliError::Invalid { what, errors } => {
+                let s = if *errors == 1 { "" } else { "s" };
+                write!(f, "{what}: {errors} error{s}, nothing done")
+            }
+            CliError::Failed(e) => write!(f, "{e:#}"),
+        }
+    }
+}
+
+impl<E: Into<anyhow::Error>> From<E> for CliError {
+    fn from(e: E) -> Self {
+        CliError::Failed(e.into())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, CliError>;
+
+fn read(path: &Path) -> Result<String> {
+    fs::read_to_string(path)
+        .map_err(|e| CliError::Failed(anyhow::anyhow!("cannot read {}: {e}", path.display())))
+}
+
+fn print_diagnostics(diags: &[Diagnostic]) {
+    for d in diags {
+        eprintln!("{d}");
+    }
+}
+
+/// Read and validate a network file, printing every diagnostic.
+pub fn load_network(path: &Path) -> Result<Network> {
+    let text = read(path)?;
+    let parsed = network::parse(&text, &path.display().to_string());
+    print_diagnostics(&parsed.diagnostics);
+    match parsed.network {
+        Some(net) => Ok(net),
+        None => Err(CliError::Invalid {
+            what: path.display().to_string(),
+            errors: parsed.errors().count(),
+        }),
+    }
+}
+
+/// `sitelink validate NETWORK.toml`
+pub fn validate(path: &Path) -> Result<()> {
+    let net = load_network(path)?;
+    print!("{}", summary(&net));
+    Ok(())
+}
+
+/// The one-screen summary `validate` prints.
+pub fn summary(net: &Network) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let slots = 1u64 << (31 - net.tunnel_pool.prefix_len());
+    let _ = writeln!(
+        out,
+        "network {}: {} sites, {} tunnels, tunnel pool {} ({} of {slots} /31s used), mtu {}, table {}",
+        net.name,
+        net.sites.len(),
+        net.links.len(),
+        net.tunnel_pool,
+        net.links.len(),
+        net.mtu,
+        net.route_table
+    );
+    let _ = writeln!(
+        out,
+        "probe: every {} ms, down after {} misses, up after {} answers",
+        net.probe.interval_ms, net.probe.down_after, net.probe.up_after
+    );
+    let _ = writeln!(
+        out,
+        "\n{:<13} {:<28} {:<8} prefixes",
+        "site", "endpoint", "tunnels"
+    );
+    for (i, s) in net.sites.iter().enumerate() {
+        let endpoint = match &s.endpoint {
+            Some(e) => e.to_string(),
+            None => "(behind NAT)".into(),
+        };
+        let prefixes: Vec<String> = s.lan.prefixes.iter().map(ToString::to_string).collect();
+        let _ = writeln!(
+            out,
+            "{:<13} {:<28} {:<8} {}",
+            s.name,
+            endpoint,
+            net.peers_of(i).len(),
+            prefixes.join(", ")
+        );
+    }
+    let _ = writeln!(out, "\n{:<27} tunnel addresses", "tunnel");
+    for l in &net.links {
+        let (a, b) = (&net.sites[l.a], &net.sites[l.b]);
+        let _ = writeln!(
+            out,
+            "{:<27} {}={} {}={}",
+            format!("{}-{}", a.name, b.name),
+            a.name,
+            l.addr_a,
+            b.name,
+            l.addr_b
+        );
+    }
+    out
+}
+
+/// Public keys for rendering: from a keystore if given, else from the network file.
+fn key_source<'a>(
+    net: &'a Network,
+    keys: Option<&'a Path>,
+) -> impl FnMut(&str) -> std::result::Result<PublicKey, String> + 'a {
+    let store = keys.map(Keystore::new);
+    move |site: &str| {
+        if let Some(store) = &store {
+            return store.public(site).map_err(|e| e.to_string());
+        }
+        net.sites
+            .iter()
+            .find(|s| s.name == site)
+            .and_then(|s| s.public_key)
+            .ok_or_else(|| "the network file has no `public_key` for it; pass --keys DIR (see `sitelink keys init`)".to_owned())
+    }
+}
+
+/// `sitelink render NETWORK.toml --site NAME [--keys DIR]`
+pub fn render(path: &Path, site_name: &str, keys: Option<&Path>) -> Result<()> {
+    let net = load_network(path)?;
+    let cfg = site::render(&net, site_name, key_source(&net, keys))?;
+    print!("{}", cfg.to_toml());
+    Ok(())
+}
+
+/// `sitelink keys init NETWORK.toml --out DIR [--rotate SITE]`
+pub fn keys_init(path: &Path, out: &Path, rotate: Option<&str>) -> Result<()> {
+    let net = load_network(path)?;
+    if let Some(r) = rotate {
+        if net.position(r).is_none() {
+            let known: Vec<&str> = net.sites.iter().map(|s| s.name.as_str()).collect();
+            return Err(anyhow::anyhow!(
+                "--rotate {r:?}: no such site; sites are {}",
+                known.join(", ")
+            )
+            .into());
+        }
+    }
+    let names: Vec<&str> = net.sites.iter().map(|s| s.name.as_str()).collect();
+    let store = Keystore::new(out);
+    for (site, action) in store.init(&names, rotate)? {
+        let verb = match action {
+            KeyAction::Kept => "kept",
+            KeyAction::Created => "created",
+            KeyAction::Rotated => "rotated",
+        };
+        println!(
+            "{verb:<8} {}  public key {}",
+            store.key_path(&site).display(),
+            store.public(&site)?
+        );
+    }
+    Ok(())
+}
