@@ -112,6 +112,8 @@ pub enum KeystoreError {
     Write { path: PathBuf, source: io::Error },
     #[error("{path} is readable by group or others (mode {mode:04o}); private keys must be mode 0600: chmod 600 {path}")]
     Permissions { path: PathBuf, mode: u32 },
+    #[error("keystore directory {path} is open to group or others (mode {mode:04o}); it must be mode 0700: chmod 700 {path}")]
+    DirPermissions { path: PathBuf, mode: u32 },
     #[error("{path} does not hold a WireGuard private key (44 characters of base64)")]
     BadPrivate { path: PathBuf },
     #[error("{path} does not hold a WireGuard public key (44 characters of base64)")]
@@ -258,9 +260,11 @@ fn check_mode(path: &Path, forbidden: u32) -> Result<(), KeystoreError> {
     })?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & forbidden != 0 {
-        return Err(KeystoreError::Permissions {
-            path: path.to_owned(),
-            mode,
+        let path = path.to_owned();
+        return Err(if meta.is_dir() {
+            KeystoreError::DirPermissions { path, mode }
+        } else {
+            KeystoreError::Permissions { path, mode }
         });
     }
     Ok(())
