@@ -10,6 +10,7 @@ use sitelink_config::network::{self, Network};
 use sitelink_config::site;
 
 mod import;
+pub mod lab;
 pub use import::import_wg;
 
 /// A command failure and the exit code it maps to.

@@ -32,6 +32,19 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Run the network on this machine: one router per site, LAN hosts, delays, NAT (root).
+    Lab {
+        #[command(subcommand)]
+        command: LabCommand,
+    },
+    /// The lab's internet switch (started by `lab up`).
+    #[command(hide = true)]
+    LabSwitch {
+        #[arg(long)]
+        ready: PathBuf,
+        /// NAME:DELAY_MS per port.
+        ports: Vec<String>,
+    },
     /// Read wg-quick/wg config files into the router model (one interface per file).
     ImportWg {
         #[arg(required = true)]
@@ -39,6 +52,50 @@ enum Command {
         /// Write each interface's private key to DIR/<interface>.key (mode 0600).
         #[arg(long, value_name = "DIR")]
         keys_out: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LabCommand {
+    /// Build the lab and start the routers; wait until every LAN reaches every other LAN.
+    Up {
+        network: PathBuf,
+        /// Where routers run: `netns` (network namespaces). `vm` (QEMU) is not built yet.
+        #[arg(long, default_value = "netns")]
+        mode: String,
+        /// Return once the lab is up instead of staying in the foreground until Ctrl-C.
+        #[arg(long)]
+        detach: bool,
+        /// Build only the topology, start no routers (for testing the lab itself).
+        #[arg(long, hide = true)]
+        no_routers: bool,
+    },
+    /// Remove everything the lab created (also after a crash); idempotent.
+    Down { network: PathBuf },
+    /// Show each site's namespaces and router processes.
+    Status {
+        network: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a command on a site's LAN host.
+    Exec {
+        network: PathBuf,
+        site: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Drop WAN traffic between the routers of two sites.
+    Cut {
+        network: PathBuf,
+        a: String,
+        b: String,
+    },
+    /// Restore WAN traffic between the routers of two sites.
+    Heal {
+        network: PathBuf,
+        a: String,
+        b: String,
     },
 }
 
@@ -73,6 +130,27 @@ fn main() -> ExitCode {
                     rotate,
                 },
         } => sitelink::keys_init(&network, &out, rotate.as_deref()),
+        Command::Lab { command } => match command {
+            LabCommand::Up {
+                network,
+                mode,
+                detach,
+                no_routers,
+            } => sitelink::lab::up(&network, &mode, detach, no_routers),
+            LabCommand::Down { network } => sitelink::lab::down(&network),
+            LabCommand::Status { network, json } => sitelink::lab::status(&network, json),
+            LabCommand::Exec {
+                network,
+                site,
+                command,
+            } => match sitelink::lab::exec(&network, &site, &command) {
+                Ok(code) => return ExitCode::from(u8::try_from(code).unwrap_or(1)),
+                Err(e) => Err(e),
+            },
+            LabCommand::Cut { network, a, b } => sitelink::lab::cut(&network, &a, &b, false),
+            LabCommand::Heal { network, a, b } => sitelink::lab::cut(&network, &a, &b, true),
+        },
+        Command::LabSwitch { ready, ports } => sitelink::lab::switch(&ready, &ports),
         Command::ImportWg { files, keys_out } => sitelink::import_wg(&files, keys_out.as_deref()),
     };
     match result {

@@ -1,0 +1,228 @@
+//! `sitelink lab ...`: the network on this machine.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+use sitelink_config::keys::{write_secret, Keystore};
+use sitelink_config::network::Network;
+use sitelink_config::site;
+use sitelink_lab::netns::{self, run_dir};
+use sitelink_lab::plan::LabPlan;
+
+use crate::{load_network, Result};
+
+/// How long `lab up` waits for every LAN to reach every other LAN.
+const MESH_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn plan(path: &Path) -> Result<(Network, LabPlan)> {
+    let net = load_network(path)?;
+    let plan =
+        LabPlan::new(&net).with_context(|| format!("{} cannot run as a lab", path.display()))?;
+    Ok((net, plan))
+}
+
+/// Keys of lab routers persist across runs in /var/lib/sitelink-lab/<network>/keys.
+fn keystore(network: &str) -> Keystore {
+    Keystore::new(
+        PathBuf::from("/var/lib/sitelink-lab")
+            .join(network)
+            .join("keys"),
+    )
+}
+
+/// The device binary: next to this executable, or `$SITELINK_ROUTER`.
+fn router_binary() -> Result<PathBuf> {
+    let path = match std::env::var_os("SITELINK_ROUTER") {
+        Some(p) => PathBuf::from(p),
+        None => std::env::current_exe()
+            .context("cannot find this executable")?
+            .with_file_name("sitelink-router"),
+    };
+    if !path.exists() {
+        return Err(anyhow!("router binary {} not found; build it with `cargo build --release` or set SITELINK_ROUTER", path.display()).into());
+    }
+    Ok(path)
+}
+
+/// Write each site's config and key under the run directory and start its router.
+fn start_routers(net: &Network, plan: &LabPlan) -> Result<()> {
+    let binary = router_binary()?;
+    let store = keystore(&net.name);
+    let names: Vec<&str> = net.sites.iter().map(|s| s.name.as_str()).collect();
+    store.init(&names, None)?;
+    for s in &plan.sites {
+        let cfg = site::render(net, &s.name, |n| store.public(n).map_err(|e| e.to_string()))?;
+        let dir = run_dir(&net.name).join(&s.name);
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+        let config = dir.join("site.toml");
+        fs::write(&config, cfg.to_toml())
+            .with_context(|| format!("cannot write {}", config.display()))?;
+        write_secret(&dir.join("site.key"), &store.private(&s.name)?.to_base64())?;
+        let log = fs::File::create(dir.join("router.log"))?;
+        Command::new("ip")
+            .args(["netns", "exec", &s.router_ns])
+            .arg(&binary)
+            .arg("site")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start the router of {}", s.name))?;
+    }
+    Ok(())
+}
+
+/// `sitelink lab up NETWORK [--mode netns] [--detach]`
+pub fn up(path: &Path, mode: &str, detach: bool, no_routers: bool) -> Result<()> {
+    if mode != "netns" {
+        return Err(anyhow!(
+            "--mode {mode:?}: only `netns` exists today (the QEMU lab is not built yet)"
+        )
+        .into());
+    }
+    let start = Instant::now();
+    let (net, plan) = plan(path)?;
+    // Catch Ctrl-C from the start, so an interrupted `up` still cleans up.
+    let (tx, rx) = mpsc::channel();
+    ctrlc::set_handler(move || {
+        let _ = tx.send(());
+    })
+    .context("cannot install the Ctrl-C handler")?;
+    let me = std::env::current_exe().context("cannot find this executable")?;
+    netns::build(&plan, &me)?;
+    println!(
+        "lab {}: {} namespaces built in {:.1} s",
+        net.name,
+        plan.namespaces().len(),
+        start.elapsed().as_secs_f64()
+    );
+    if !no_routers {
+        let result = start_routers(&net, &plan)
+            .and_then(|()| Ok(netns::wait_full_mesh(&plan, MESH_TIMEOUT)?));
+        if let Err(e) = result {
+            eprintln!(
+                "sitelink: lab up failed; router logs are in {}",
+                run_dir(&net.name).display()
+            );
+            print_logs(&net.name, &plan);
+            let _ = netns::down(&net.name);
+            return Err(e);
+        }
+        let n = plan.sites.len();
+        println!(
+            "lab {}: all {} LAN pairs reach each other, {:.1} s after start",
+            net.name,
+            n * n,
+            start.elapsed().as_secs_f64()
+        );
+    }
+    print_table(&plan);
+    if detach {
+        return Ok(());
+    }
+    println!("lab {} is up; Ctrl-C takes it down", net.name);
+    let _ = rx.recv();
+    netns::down(&net.name)?;
+    println!("lab {} is down", net.name);
+    Ok(())
+}
+
+fn print_logs(network: &str, plan: &LabPlan) {
+    for s in &plan.sites {
+        let log = run_dir(network).join(&s.name).join("router.log");
+        if let Ok(text) = fs::read_to_string(&log) {
+            let tail: Vec<&str> = text.lines().rev().take(10).collect();
+            for line in tail.into_iter().rev() {
+                eprintln!("[{}] {line}", s.name);
+            }
+        }
+    }
+}
+
+fn print_table(plan: &LabPlan) {
+    println!(
+        "{:<12} {:<16} {:<16} {:<18} delay",
+        "site", "public", "lan host", "router ns"
+    );
+    for s in &plan.sites {
+        let public = if s.nat.is_some() {
+            format!("{} (NAT)", s.public)
+        } else {
+            s.public.to_string()
+        };
+        println!(
+            "{:<12} {:<16} {:<16} {:<18} {} ms",
+            s.name,
+            public,
+            s.host.addr(),
+            s.router_ns,
+            s.delay_ms
+        );
+    }
+}
+
+/// `sitelink lab down NETWORK`
+pub fn down(path: &Path) -> Result<()> {
+    let net = load_network(path)?;
+    let removed = netns::down(&net.name)?;
+    println!("lab {}: removed {} namespaces", net.name, removed.len());
+    Ok(())
+}
+
+/// `sitelink lab status NETWORK [--json]`
+pub fn status(path: &Path, json: bool) -> Result<()> {
+    let (_, plan) = plan(path)?;
+    let sites = netns::status(&plan)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&sites)?);
+        return Ok(());
+    }
+    println!(
+        "{:<12} {:<16} {:<16} {:<6} router pids",
+        "site", "public", "lan host", "up"
+    );
+    for s in &sites {
+        let pids: Vec<String> = s.router_pids.iter().map(ToString::to_string).collect();
+        println!(
+            "{:<12} {:<16} {:<16} {:<6} {}",
+            s.site,
+            s.public,
+            s.lan_host,
+            s.namespaces_up,
+            pids.join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// `sitelink lab exec NETWORK SITE -- CMD...`: the command's exit code.
+pub fn exec(path: &Path, site: &str, argv: &[String]) -> Result<i32> {
+    let (_, plan) = plan(path)?;
+    Ok(netns::exec(&plan, site, argv)?)
+}
+
+/// `sitelink lab cut|heal NETWORK A B`
+pub fn cut(path: &Path, a: &str, b: &str, heal: bool) -> Result<()> {
+    let (_, plan) = plan(path)?;
+    netns::cut(&plan, a, b, heal)?;
+    println!("{} {a} <-> {b}", if heal { "healed" } else { "cut" });
+    Ok(())
+}
+
+/// `sitelink lab-switch --ready FILE PORT...` (hidden): the lab's internet, started by `lab up`.
+pub fn switch(ready: &Path, ports: &[String]) -> Result<()> {
+    let ports: Vec<sitelink_lab::switch::Port> = ports
+        .iter()
+        .map(|p| p.parse())
+        .collect::<std::result::Result<_, String>>()
+        .map_err(|e| anyhow!(e))?;
+    sitelink_lab::switch::run(&ports, ready).context("lab switch")?;
+    Ok(())
+}
