@@ -215,3 +215,63 @@ fn render_without_keys_says_how_to_get_them() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("no site \"nope\""));
 }
+
+#[test]
+fn import_wg_reads_wg_quick_files_and_writes_keys_only_when_all_are_valid() {
+    let tmp = TempDir::new("import");
+    let private = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=";
+    let peer = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
+    let good = tmp.path("office.conf");
+    fs::write(
+        &good,
+        format!("[Interface]\nPrivateKey = {private}\nAddress = 10.9.0.1/24\nListenPort = 51820   # office\n\n[Peer]\nPublicKey = {peer}\nAllowedIPs = 10.1.0.0/24 , fd00:1::/64\nEndpoint = [2001:db8:5::1]:51820\nPersistentKeepalive = 25"),
+    )
+    .unwrap();
+    let bad = tmp.path("bad.conf");
+    fs::write(&bad, format!("[Interface]\nPrivateKey = {private}\n\n[Peer]\nPublicKey = {peer}\nAllowedIPs = 10.2.0.0/24\nBogus = 1\n")).unwrap();
+    let keys = tmp.path("keys");
+
+    // One bad file: exit 2, the line and key named, no key material echoed, nothing written.
+    let out = sitelink(&[
+        "import-wg",
+        good.to_str().unwrap(),
+        bad.to_str().unwrap(),
+        "--keys-out",
+        keys.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{}:7:", bad.display())) && stderr.contains("Bogus"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(private) && !text(&out.stdout).contains(private));
+    assert!(
+        !keys.exists(),
+        "nothing may be written when any file is invalid"
+    );
+
+    let out = sitelink(&[
+        "import-wg",
+        good.to_str().unwrap(),
+        "--keys-out",
+        keys.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("name = \"office\"") && stdout.contains("listen_port = 51820"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("\"10.1.0.0/24\", \"fd00:1::/64\"")
+            && stdout.contains("[2001:db8:5::1]:51820"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(private));
+    assert_eq!(mode(&keys.join("office.key")), 0o600);
+    assert_eq!(
+        fs::read_to_string(keys.join("office.key")).unwrap().trim(),
+        private
+    );
+}

@@ -80,6 +80,9 @@ pub struct Peer {
     #[serde(default, skip_serializing_if = "is_zero16")]
     pub persistent_keepalive: u16,
     pub allowed_ips: Vec<IpNet>,
+    /// Preshared key file, relative to the config file (imported wg-quick peers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preshared_key_file: Option<String>,
 }
 
 /// Which path a route is.
@@ -194,6 +197,7 @@ pub fn render(
                     0
                 },
                 allowed_ips: any.to_vec(),
+                preshared_key_file: None,
             }],
         });
     }
