@@ -321,8 +321,6 @@ impl Device {
 
     fn shutdown(&mut self) {
         request_stop(&self.shared, StopReason::Requested);
-        // Wake the control thread blocked in accept().
-        let _ = UnixStream::connect(&self.shared.socket_path);
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -773,8 +771,6 @@ fn timers(shared: &Shared) {
             request_stop(shared, StopReason::SocketRemoved);
         }
     }
-    // Wake the control thread so it sees the stop flag.
-    let _ = UnixStream::connect(&shared.socket_path);
 }
 
 /// Sends a keepalive (and so a handshake initiation when there is no session) at once.
@@ -816,16 +812,29 @@ impl Host for SocketHost<'_> {
 }
 
 fn serve_uapi(shared: &Shared, listener: UnixListener) {
-    for conn in listener.incoming() {
-        if shared.stop.load(Ordering::Relaxed) {
-            break;
+    // Non-blocking accept behind poll, so a stop request is seen even when the socket file is
+    // gone and nobody can connect to wake us.
+    if let Err(e) = listener.set_nonblocking(true) {
+        log::error!("{}: control socket: {e}", shared.name);
+    }
+    while !shared.stop.load(Ordering::Relaxed) {
+        match sys::poll_readable(listener.as_raw_fd(), Duration::from_millis(200)) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                log::warn!("{}: poll on control socket: {e}", shared.name);
+                std::thread::sleep(TICK);
+                continue;
+            }
         }
-        match conn {
-            Ok(stream) => {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let _ = stream.set_nonblocking(false);
                 if let Err(e) = handle_connection(shared, stream) {
                     log::debug!("{}: control connection: {e}", shared.name);
                 }
             }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => log::warn!("{}: accept on control socket: {e}", shared.name),
         }
     }
