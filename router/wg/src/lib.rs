@@ -14,3 +14,12 @@ pub mod uapi;
 
 pub use device::{Device, Prepared, StartDeviceError, StopReason};
 pub use state::{DeviceState, Host, SetError};
+
+/// Runs one control-socket request (`get=1\n\n` or `set=1\n...\n\n`) against `state` and returns
+/// the reply text, exactly as the daemon answers it on the socket. Used by tests and the fuzzer.
+pub fn handle_request(state: &mut DeviceState, request: &str, host: &mut dyn Host) -> String {
+    let mut lines = request.split('\n');
+    let first = lines.next().unwrap_or("");
+    let body: Vec<&str> = lines.take_while(|l| !l.is_empty()).collect();
+    device::run_request(state, first, &body, host).0
+}
