@@ -315,7 +315,7 @@ pub fn plan(
         .iter()
         .filter(|a| a.protocol == RTPROT_SITELINK)
     {
-        if !wanted_addrs.contains(&(ka.index, ka.addr)) {
+        if !wanted_addrs.contains(&(ka.index, ka.addr)) && !keep_for_foreign_routes(kernel, ka) {
             del_addrs.push(Op::DelAddr {
                 index: ka.index,
                 name: name_of.get(&ka.index).copied().unwrap_or("?").to_owned(),

@@ -264,7 +264,9 @@ pub fn run_routed_with(
             }
         }
     };
-    publish(build_status(&cfg, &tunnels, &desired, &last));
+    let st = build_status(&cfg, &tunnels, &desired, &last);
+    let mut prev_prefixes = st.prefixes.clone();
+    publish(st);
 
     let mut next_resync = Instant::now() + opts.resync;
     let mut failures_logged = BTreeSet::new();
@@ -273,6 +275,13 @@ pub fn run_routed_with(
         let now = Instant::now();
         let mut changed = false;
         for t in &mut tunnels {
+            if let Some(h) = &opts.handshakes {
+                if let Some(msg) = t.machine.handshake(h.handshake_age(&t.name)) {
+                    log::info!("tunnel {}: {msg}", t.name);
+                    t.reason = msg;
+                    changed = true;
+                }
+            }
             let Some(peer) = t.peer else { continue };
             t.ensure_socket(port);
             if now >= t.next_tick {
@@ -290,13 +299,6 @@ pub fn run_routed_with(
                 if let Some(tr) = tr {
                     log::info!("tunnel {} {tr}", t.name);
                     t.reason = tr.reason.clone();
-                    changed = true;
-                }
-            }
-            if let Some(h) = &opts.handshakes {
-                if let Some(msg) = t.machine.handshake(h.handshake_age(&t.name)) {
-                    log::info!("tunnel {}: {msg}", t.name);
-                    t.reason = msg;
                     changed = true;
                 }
             }
@@ -393,7 +395,10 @@ pub fn run_routed_with(
                     }
                 }
             }
-            publish(build_status(&cfg, &tunnels, &desired, &last));
+            let st = build_status(&cfg, &tunnels, &desired, &last);
+            log_failovers(&prev_prefixes, &st.prefixes);
+            prev_prefixes = st.prefixes.clone();
+            publish(st);
         }
     }
 
@@ -408,6 +413,27 @@ pub fn run_routed_with(
     });
     publish(s);
     Ok(())
+}
+
+/// Log, at info, every prefix whose active route changed (failover and recovery).
+fn log_failovers(before: &[PrefixStatus], after: &[PrefixStatus]) {
+    for a in after {
+        let b = before.iter().find(|b| b.prefix == a.prefix);
+        if b.map(|b| (&b.via, b.metric)) == Some((&a.via, a.metric)) {
+            continue;
+        }
+        let was = b
+            .and_then(|b| b.via.clone())
+            .unwrap_or_else(|| "nothing".into());
+        match (&a.via, a.metric) {
+            (Some(via), Some(m)) => log::info!(
+                "route to {} now via {via} ({}, metric {m}; was {was})",
+                a.prefix,
+                a.path
+            ),
+            _ => log::info!("route to {}: no tunnel left (was {was})", a.prefix),
+        }
+    }
 }
 
 fn log_report(what: &str, r: &ApplyReport, logged: &mut BTreeSet<String>) {

@@ -155,6 +155,10 @@ mod tests {
         };
         let back: Status = toml::from_str(&s.to_toml()).expect("parse");
         assert_eq!(back, s);
+        let path = std::env::temp_dir().join(format!("slr-status-{}.toml", std::process::id()));
+        s.write(&path).expect("write");
+        assert_eq!(Status::read(&path).expect("read"), s);
+        let _ = std::fs::remove_file(&path);
         let text = s.to_string();
         assert!(
             text.contains("wg-gcp           up       2.500 ms"),

@@ -750,6 +750,55 @@ fn netns_probe_down_and_up_between_two_namespaces() {
 
 #[test]
 #[ignore = "netns tier: needs root"]
+fn netns_stale_handshake_withdraws_routes() {
+    let _ = logs();
+    let ns = Ns::new("hs");
+    ns.dummies(&["wg-b", "wg-c"]);
+    let mut cfg = probe_cfg("a", "b", "10.255.0.0", "10.255.0.1", true);
+    // No probe peer: only the handshake input decides.
+    cfg.interfaces[0].peer_address = None;
+    let age = Arc::new(std::sync::atomic::AtomicU64::new(5));
+    let age2 = Arc::clone(&age);
+    let stop = Arc::new(AtomicBool::new(false));
+    let status = Arc::new(Mutex::new(Status::default()));
+    let (s2, st2, name) = (Arc::clone(&stop), Arc::clone(&status), ns.name.clone());
+    let th = std::thread::spawn(move || {
+        netns::run_in(&name, move || {
+            let opts = RoutedOptions {
+                status_path: None,
+                status: Some(st2),
+                handshakes: Some(Box::new(move |ifname: &str| {
+                    (ifname == "wg-b").then(|| Duration::from_secs(age2.load(Ordering::SeqCst)))
+                })),
+                ..RoutedOptions::default()
+            };
+            run_routed_with(cfg, opts, s2)
+        })
+    });
+    wait_until(Duration::from_secs(3), "direct route installed", || {
+        ns.ip("route show 10.2.0.0/24").contains("dev wg-b")
+    });
+    age.store(200, Ordering::SeqCst);
+    wait_until(
+        Duration::from_secs(2),
+        "stale tunnel's route withdrawn",
+        || !ns.ip("route show 10.2.0.0/24").contains("dev wg-b"),
+    );
+    assert!(ns.ip("route show 10.2.0.0/24").contains("dev wg-c"));
+    let st = status.lock().unwrap().clone();
+    let t = st.tunnel("wg-b").unwrap();
+    assert!(!t.routable && t.reason.contains("200 s"), "{st}");
+    age.store(3, Ordering::SeqCst);
+    wait_until(Duration::from_secs(2), "route restored", || {
+        ns.ip("route show 10.2.0.0/24").contains("dev wg-b")
+    });
+    stop.store(true, Ordering::SeqCst);
+    th.join().unwrap().unwrap().unwrap();
+    assert_eq!(count_lines(&ns.ip("route show proto 83 table all")), 0);
+}
+
+#[test]
+#[ignore = "netns tier: needs root"]
 fn netns_bench_10k_routes() {
     require_root();
     let r = bench(10_000).expect("bench");
