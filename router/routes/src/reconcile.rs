@@ -71,6 +71,22 @@ impl ApplyReport {
         self.failures.is_empty()
     }
 
+    /// `Err(RoutesError::Partial)` (naming the first failed operation) if anything failed,
+    /// for callers that treat a partial apply as an error.
+    pub fn into_result(mut self) -> Result<ApplyReport, RoutesError> {
+        if self.failures.is_empty() {
+            return Ok(self);
+        }
+        let failed = self.failures.len();
+        let total = self.changes() + failed;
+        let first = self.failures.remove(0);
+        Err(RoutesError::Partial {
+            failed,
+            total,
+            first: Box::new(first),
+        })
+    }
+
     fn count(&mut self, op: &Op) {
         match op {
             Op::SetLink { .. } => self.links_changed += 1,

@@ -308,6 +308,12 @@ fn netns_r3_kernel_errors_name_operation_prefix_and_errno() {
     // fallback in the direct table, nothing else.
     assert_eq!(rep_raw.routes_removed, 2, "{rep_raw}");
     assert_eq!(rep_raw.changes(), 2, "{rep_raw}");
+    let e = rep_raw.into_result().expect_err("partial");
+    assert!(
+        e.to_string()
+            .starts_with("1 of 3 netlink operations failed; first: `ip route add 10.7.0.9/16"),
+        "{e}"
+    );
 }
 
 #[test]
