@@ -573,13 +573,19 @@ fn udp_to_tun(shared: &Shared) {
             let Some(src) = addrs[i].map(canonical) else {
                 continue;
             };
+            let mut to_tun = |pkt: &[u8]| {
+                if let Err(e) = (&shared.tun).write(pkt) {
+                    log::debug!("{}: TUN write: {e}", shared.name);
+                }
+            };
             handle_datagram(
-                shared,
+                &shared.name,
                 &snap,
                 &bufs[i][..lens[i]],
                 src,
                 &mut out,
                 &mut replies,
+                &mut to_tun,
             );
         }
         for (data, to) in replies.drain(..) {
@@ -588,13 +594,43 @@ fn udp_to_tun(shared: &Shared) {
     }
 }
 
+/// What the receive path produced for one datagram: packets for the TUN, datagrams to send.
+pub type Received = (Vec<Vec<u8>>, Vec<(Vec<u8>, SocketAddr)>);
+
+/// Feeds one UDP datagram from `src` through the receive path of a device configured as
+/// `state`, without a TUN: returns the packets that would be written to the TUN and the
+/// datagrams that would be sent. For the `packet` fuzz target and tests.
+pub fn receive_datagram(
+    state: &DeviceState,
+    sock: Arc<UdpSocket>,
+    datagram: &[u8],
+    src: SocketAddr,
+) -> Received {
+    let snap = build_snapshot(state, sock, true);
+    let mut out = vec![0u8; MAX_PACKET];
+    let mut replies = Vec::new();
+    let mut tun = Vec::new();
+    let mut to_tun = |p: &[u8]| tun.push(p.to_vec());
+    handle_datagram(
+        "test",
+        &snap,
+        datagram,
+        canonical(src),
+        &mut out,
+        &mut replies,
+        &mut to_tun,
+    );
+    (tun, replies)
+}
+
 fn handle_datagram(
-    shared: &Shared,
+    name: &str,
     snap: &Snapshot,
     datagram: &[u8],
     src: SocketAddr,
     out: &mut [u8],
     replies: &mut Vec<(Vec<u8>, SocketAddr)>,
+    to_tun_write: &mut dyn FnMut(&[u8]),
 ) {
     let Some(keys) = &snap.keys else { return };
     let Some(&kind) = datagram.first() else {
@@ -650,7 +686,7 @@ fn handle_datagram(
         // A valid keepalive decrypts to nothing; a cookie reply authenticates nothing (D3).
         TunnResult::Done => authenticated = kind == MSG_DATA,
         TunnResult::Err(e) => {
-            log::trace!("{}: dropped datagram from {src}: {e:?}", shared.name);
+            log::trace!("{}: dropped datagram from {src}: {e:?}", name);
             return;
         }
     }
@@ -662,7 +698,7 @@ fn handle_datagram(
     if inner.endpoint != Some(src) {
         log::info!(
             "{}: peer {} endpoint now {src}",
-            shared.name,
+            name,
             short_key(&peer.public_key.0)
         );
         inner.endpoint = Some(src);
@@ -686,13 +722,11 @@ fn handle_datagram(
         if snap.table.lookup(inner_src) != Some(peer.id) {
             log::debug!(
                 "{}: dropped packet from {inner_src}: not an allowed IP of its peer",
-                shared.name
+                name
             );
             return;
         }
-        if let Err(e) = (&shared.tun).write(&out[..len]) {
-            log::debug!("{}: TUN write: {e}", shared.name);
-        }
+        to_tun_write(&out[..len]);
     }
 }
 

@@ -12,7 +12,7 @@ pub mod state;
 mod sys;
 pub mod uapi;
 
-pub use device::{Device, Prepared, StartDeviceError, StopReason};
+pub use device::{receive_datagram, Device, Prepared, StartDeviceError, StopReason};
 pub use state::{DeviceState, Host, SetError};
 
 /// Runs one control-socket request (`get=1\n\n` or `set=1\n...\n\n`) against `state` and returns
