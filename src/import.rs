@@ -7,7 +7,6 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context};
-use ipnet::IpNet;
 use serde::Serialize;
 use sitelink_config::keys::{write_secret, PublicKey};
 use sitelink_config::network::IFNAME_MAX;
@@ -227,7 +226,7 @@ fn convert(
         name,
         listen_port: iface.listen_port.unwrap_or(0),
         mtu,
-        addresses: iface.addresses.iter().copied().collect::<Vec<IpNet>>(),
+        addresses: iface.addresses.clone(),
         peer_address: None,
         private_key_file,
         fwmark: iface.fwmark.unwrap_or(0),

@@ -49,6 +49,28 @@ fn router_binary() -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Shell prelude (run by `sh -c`) that gives the router private /run directories, then execs it.
+const PRIVATE_RUN: &str = "mkdir -p /run/wireguard /run/sitelink && mount -t tmpfs -o mode=0755 sitelink /run/wireguard && mount -t tmpfs -o mode=0755 sitelink /run/sitelink && exec \"$0\" \"$@\"";
+
+/// `sitelink-router status` of a lab site, run inside its router's namespaces.
+fn router_status(network: &str, site: &str) -> Option<String> {
+    let pid = fs::read_to_string(run_dir(network).join(site).join("router.pid")).ok()?;
+    let binary = router_binary().ok()?;
+    let out = Command::new("nsenter")
+        .args(["--target", pid.trim(), "--mount", "--net"])
+        .arg(binary)
+        .arg("status")
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(if out.status.success() {
+        &out.stdout
+    } else {
+        &out.stderr
+    })
+    .into_owned();
+    Some(text)
+}
+
 /// Write each site's config and key under the run directory and start its router.
 fn start_routers(net: &Network, plan: &LabPlan) -> Result<()> {
     let binary = router_binary()?;
@@ -65,8 +87,11 @@ fn start_routers(net: &Network, plan: &LabPlan) -> Result<()> {
             .with_context(|| format!("cannot write {}", config.display()))?;
         write_secret(&dir.join("site.key"), &store.private(&s.name)?.to_base64())?;
         let log = fs::File::create(dir.join("router.log"))?;
-        Command::new("ip")
-            .args(["netns", "exec", &s.router_ns])
+        // `ip netns exec` runs the router in a mount namespace of its own; private /run/wireguard
+        // and /run/sitelink keep the routers' control sockets and status files apart (every
+        // site but one has a `wg-aws`, for example).
+        let child = Command::new("ip")
+            .args(["netns", "exec", &s.router_ns, "sh", "-c", PRIVATE_RUN])
             .arg(&binary)
             .arg("site")
             .arg(&config)
@@ -75,6 +100,7 @@ fn start_routers(net: &Network, plan: &LabPlan) -> Result<()> {
             .stderr(log)
             .spawn()
             .with_context(|| format!("cannot start the router of {}", s.name))?;
+        fs::write(dir.join("router.pid"), format!("{}\n", child.id()))?;
     }
     Ok(())
 }
@@ -176,12 +202,23 @@ pub fn down(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `sitelink lab status NETWORK [--json]`
+/// `sitelink lab status NETWORK [--json]`: namespaces and router processes, then each
+/// router's own `sitelink-router status` (tunnels, probes, active routes).
 pub fn status(path: &Path, json: bool) -> Result<()> {
     let (_, plan) = plan(path)?;
     let sites = netns::status(&plan)?;
+    let routers: Vec<Option<String>> = sites
+        .iter()
+        .map(|s| router_status(&plan.network, &s.site))
+        .collect();
     if json {
-        println!("{}", serde_json::to_string_pretty(&sites)?);
+        let mut all = Vec::new();
+        for (s, r) in sites.iter().zip(&routers) {
+            let mut v = serde_json::to_value(s)?;
+            v["router_status"] = serde_json::Value::from(r.clone());
+            all.push(v);
+        }
+        println!("{}", serde_json::to_string_pretty(&all)?);
         return Ok(());
     }
     println!(
@@ -198,6 +235,11 @@ pub fn status(path: &Path, json: bool) -> Result<()> {
             s.namespaces_up,
             pids.join(" ")
         );
+    }
+    for (s, r) in sites.iter().zip(&routers) {
+        if let Some(text) = r {
+            println!("\n== {} ==\n{}", s.site, text.trim_end());
+        }
     }
     Ok(())
 }

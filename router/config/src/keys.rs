@@ -219,12 +219,7 @@ impl Keystore {
                 dir: self.dir.clone(),
             });
         }
-        check_mode(&path, 0o077)?;
-        let text = fs::read_to_string(&path).map_err(|source| KeystoreError::Read {
-            path: path.clone(),
-            source,
-        })?;
-        PrivateKey::from_base64(&text).ok_or(KeystoreError::BadPrivate { path })
+        read_private(&path)
     }
 
     /// A site's public key: from `<site>.pub`, checked against `<site>.key` when that exists.
@@ -251,6 +246,18 @@ impl Keystore {
         }
         Ok(public)
     }
+}
+
+/// Read a private (or preshared) key file, refusing one readable by group or others.
+pub fn read_private(path: &Path) -> Result<PrivateKey, KeystoreError> {
+    check_mode(path, 0o077)?;
+    let text = fs::read_to_string(path).map_err(|source| KeystoreError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    PrivateKey::from_base64(&text).ok_or(KeystoreError::BadPrivate {
+        path: path.to_owned(),
+    })
 }
 
 fn check_mode(path: &Path, forbidden: u32) -> Result<(), KeystoreError> {

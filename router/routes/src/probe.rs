@@ -3,7 +3,8 @@
 //!
 //! Every `interval` the caller calls [`ProbeMachine::tick`], which says which sequence number
 //! to send. A probe still unanswered at the next tick is a miss; `down_after` consecutive misses
-//! take the tunnel down; `up_after` consecutive answers bring a down tunnel back up. A fresh
+//! take the tunnel down, and so does hearing nothing from the peer (answers or its own probes)
+//! for the detection time `down_after` x interval, as in BFD ([`ProbeMachine::check`]); `up_after` consecutive answers bring a down tunnel back up. A fresh
 //! machine starts in [`ProbeState::Init`], which counts as up (routes are installed at once)
 //! and becomes `Up` at the first answer or `Down` after `down_after` misses.
 
@@ -84,6 +85,8 @@ pub struct ProbeMachine {
     answers: u32,
     next_seq: u32,
     outstanding: Option<(u32, Instant)>,
+    /// When we last heard the peer: an answer to our probe, or a probe of its own.
+    last_heard: Option<Instant>,
     rtt: Option<Duration>,
     /// Handshake older than [`HANDSHAKE_STALE`].
     stale: bool,
@@ -98,6 +101,7 @@ impl ProbeMachine {
             answers: 0,
             next_seq: 1,
             outstanding: None,
+            last_heard: None,
             rtt: None,
             stale: false,
         }
@@ -166,6 +170,7 @@ impl ProbeMachine {
             Some((s, sent)) if s == seq => {
                 self.outstanding = None;
                 self.rtt = Some(now.saturating_duration_since(sent));
+                self.last_heard = Some(now);
             }
             _ => return None,
         }
@@ -184,6 +189,45 @@ impl ProbeMachine {
 
     /// Feed the data plane's last-handshake age (`None`: unknown or no handshake yet, which
     /// does not count against the tunnel). Returns a message when freshness changed.
+    /// The peer's own probe arrived: the tunnel carries traffic towards us.
+    pub fn heard(&mut self, now: Instant) {
+        self.last_heard = Some(now);
+    }
+
+    /// Detection time, as in BFD: `down_after` x interval.
+    pub fn detection_time(&self) -> Duration {
+        self.params.interval * self.params.down_after
+    }
+
+    /// When [`ProbeMachine::check`] next has something to decide; `None` if nothing is pending.
+    pub fn deadline(&self) -> Option<Instant> {
+        match self.state {
+            ProbeState::Down => None,
+            _ => Some(self.last_heard? + self.detection_time()),
+        }
+    }
+
+    /// Declare the tunnel down once nothing was heard from the peer (answers to our probes or
+    /// probes of its own) for the detection time. This bounds failover by `down_after` x
+    /// interval after the last packet heard, whatever the phase of the probes; counting misses
+    /// at ticks alone could take one interval longer. Call it often (the routed loop wakes at
+    /// [`ProbeMachine::deadline`]).
+    pub fn check(&mut self, now: Instant) -> Option<Transition> {
+        let deadline = self.deadline()?;
+        if now < deadline {
+            return None;
+        }
+        self.answers = 0;
+        let reason = format!(
+            "nothing heard for {} ms ({} x {} ms)",
+            now.saturating_duration_since(deadline - self.detection_time())
+                .as_millis(),
+            self.params.down_after,
+            self.params.interval.as_millis()
+        );
+        self.go(ProbeState::Down, reason)
+    }
+
     pub fn handshake(&mut self, age: Option<Duration>) -> Option<String> {
         let stale = age.is_some_and(|a| a > HANDSHAKE_STALE);
         if stale == self.stale {
@@ -292,6 +336,26 @@ mod tests {
         assert!(!m.routable());
         // More misses: no further transitions.
         assert!(m.tick(t0 + 500 * MS).1.is_none());
+    }
+
+    #[test]
+    fn down_after_detection_time_without_traffic_whatever_the_phase() {
+        let p = params();
+        let mut m = ProbeMachine::new(p);
+        let t0 = Instant::now();
+        let (seq, _) = m.tick(t0);
+        assert!(m.answer(seq, t0 + Duration::from_millis(3)).is_some());
+        // The peer's own probe arrives half an interval later; then the tunnel is cut.
+        let heard = t0 + p.interval / 2;
+        m.heard(heard);
+        let detect = p.interval * p.down_after;
+        assert_eq!(m.deadline(), Some(heard + detect));
+        assert!(m.check(heard + detect - Duration::from_millis(1)).is_none());
+        let t = m.check(heard + detect).expect("down at the detection time");
+        assert_eq!(t.to, ProbeState::Down);
+        assert!(t.reason.contains("nothing heard"), "{}", t.reason);
+        assert!(m.check(heard + detect * 2).is_none(), "one transition");
+        assert_eq!(m.deadline(), None);
     }
 
     #[test]

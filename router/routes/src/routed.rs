@@ -284,6 +284,11 @@ pub fn run_routed_with(
             }
             let Some(peer) = t.peer else { continue };
             t.ensure_socket(port);
+            if let Some(tr) = t.machine.check(now) {
+                log::info!("tunnel {} {tr}", t.name);
+                t.reason = tr.reason.clone();
+                changed = true;
+            }
             if now >= t.next_tick {
                 let (seq, tr) = t.machine.tick(now);
                 if let Some(sock) = &t.sock {
@@ -308,7 +313,8 @@ pub fn run_routed_with(
         let next = tunnels
             .iter()
             .filter(|t| t.peer.is_some())
-            .map(|t| t.next_tick)
+            .flat_map(|t| [Some(t.next_tick), t.machine.deadline()])
+            .flatten()
             .min()
             .unwrap_or(now + Duration::from_millis(100));
         let wait = next
@@ -345,6 +351,7 @@ pub fn run_routed_with(
                     match sock.recv_from(&mut buf) {
                         Ok((n, from)) => match wire::decode(&buf[..n]) {
                             Some((wire::REQUEST, seq)) => {
+                                t.machine.heard(Instant::now());
                                 let _ = sock.send_to(&wire::encode(wire::REPLY, seq), from);
                             }
                             Some((wire::REPLY, seq)) => {
