@@ -12,7 +12,7 @@ use sitelink_config::keys::{write_secret, Keystore};
 use sitelink_config::network::Network;
 use sitelink_config::site;
 use sitelink_lab::netns::{self, run_dir};
-use sitelink_lab::plan::LabPlan;
+use sitelink_lab::plan::{LabPlan, SitePlan};
 
 use crate::{load_network, Result};
 
@@ -73,7 +73,6 @@ fn router_status(network: &str, site: &str) -> Option<String> {
 
 /// Write each site's config and key under the run directory and start its router.
 fn start_routers(net: &Network, plan: &LabPlan) -> Result<()> {
-    let binary = router_binary()?;
     let store = keystore(&net.name);
     let names: Vec<&str> = net.sites.iter().map(|s| s.name.as_str()).collect();
     store.init(&names, None)?;
@@ -86,22 +85,66 @@ fn start_routers(net: &Network, plan: &LabPlan) -> Result<()> {
         fs::write(&config, cfg.to_toml())
             .with_context(|| format!("cannot write {}", config.display()))?;
         write_secret(&dir.join("site.key"), &store.private(&s.name)?.to_base64())?;
-        let log = fs::File::create(dir.join("router.log"))?;
-        // `ip netns exec` runs the router in a mount namespace of its own; private /run/wireguard
-        // and /run/sitelink keep the routers' control sockets and status files apart (every
-        // site but one has a `wg-aws`, for example).
-        let child = Command::new("ip")
-            .args(["netns", "exec", &s.router_ns, "sh", "-c", PRIVATE_RUN])
-            .arg(&binary)
-            .arg("site")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("cannot start the router of {}", s.name))?;
-        fs::write(dir.join("router.pid"), format!("{}\n", child.id()))?;
+        start_router(&net.name, s)?;
     }
+    Ok(())
+}
+
+/// Start the router of one site on the config already in its run directory; its output goes to
+/// `router.log` (appended), its pid to `router.pid`.
+fn start_router(network: &str, s: &SitePlan) -> Result<()> {
+    let binary = router_binary()?;
+    let dir = run_dir(network).join(&s.name);
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("router.log"))?;
+    // `ip netns exec` runs the router in a mount namespace of its own; private /run/wireguard
+    // and /run/sitelink keep the routers' control sockets and status files apart (every site
+    // but one has a `wg-aws`, for example).
+    let child = Command::new("ip")
+        .args(["netns", "exec", &s.router_ns, "sh", "-c", PRIVATE_RUN])
+        .arg(&binary)
+        .arg("site")
+        .arg(dir.join("site.toml"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("cannot start the router of {}", s.name))?;
+    fs::write(dir.join("router.pid"), format!("{}\n", child.id()))?;
+    Ok(())
+}
+
+/// `sitelink lab restart NETWORK SITE [--kill]`: stop a site's router (SIGTERM, or SIGKILL to
+/// simulate a crash) and start it again.
+pub fn restart(path: &Path, site: &str, kill: bool) -> Result<()> {
+    let (net, plan) = plan(path)?;
+    let s = plan
+        .site(site)
+        .ok_or_else(|| anyhow!("no site {site:?} in the lab"))?;
+    let pid_file = run_dir(&net.name).join(site).join("router.pid");
+    let pid = fs::read_to_string(&pid_file)
+        .with_context(|| format!("cannot read {} (is the lab up?)", pid_file.display()))?;
+    let pid = pid.trim().to_owned();
+    let signal = if kill { "-KILL" } else { "-TERM" };
+    let _ = Command::new("kill").args([signal, &pid]).status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new("/proc").join(&pid).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if Path::new("/proc").join(&pid).exists() {
+        return Err(anyhow!("the router of {site} (pid {pid}) did not stop within 10 s").into());
+    }
+    start_router(&net.name, s)?;
+    println!(
+        "restarted the router of {site} ({})",
+        if kill {
+            "after SIGKILL"
+        } else {
+            "after SIGTERM"
+        }
+    );
     Ok(())
 }
 

@@ -85,6 +85,14 @@ enum LabCommand {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Stop a site's router and start it again.
+    Restart {
+        network: PathBuf,
+        site: String,
+        /// Stop it with SIGKILL (a crash) instead of SIGTERM.
+        #[arg(long)]
+        kill: bool,
+    },
     /// Drop WAN traffic between the routers of two sites.
     Cut {
         network: PathBuf,
@@ -147,6 +155,11 @@ fn main() -> ExitCode {
                 Ok(code) => return ExitCode::from(u8::try_from(code).unwrap_or(1)),
                 Err(e) => Err(e),
             },
+            LabCommand::Restart {
+                network,
+                site,
+                kill,
+            } => sitelink::lab::restart(&network, &site, kill),
             LabCommand::Cut { network, a, b } => sitelink::lab::cut(&network, &a, &b, false),
             LabCommand::Heal { network, a, b } => sitelink::lab::cut(&network, &a, &b, true),
         },

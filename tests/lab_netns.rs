@@ -183,3 +183,196 @@ fn netns_lab_topology_delays_cut_heal_down() {
     );
     assert!(lab.run(&["lab", "down"]).status.success());
 }
+
+/// Sequence numbers answered by a ping train.
+fn answered(text: &str) -> Vec<u32> {
+    text.lines()
+        .filter_map(|l| {
+            l.split("icmp_seq=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// `sitelink-router status` of `site`, through `lab status --json`.
+fn router_status(lab: &Lab, site: &str) -> String {
+    let out = lab.run(&["lab", "status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v.as_array()
+        .and_then(|a| a.iter().find(|s| s["site"] == site))
+        .and_then(|s| s["router_status"].as_str())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The line of the active route of `prefix` in a router status.
+fn active_route(status: &str, prefix: &str) -> String {
+    status
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn our_routes(ns: &str) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["-n", ns, "route", "show", "proto", "83"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+#[ignore = "netns tier: needs root"]
+fn netns_seed_mesh_full_mesh_failover_heal_restart_sigterm() {
+    require_root();
+    let lab = Lab::new("mesh");
+    let out = lab.run(&["lab", "up", "--detach"]);
+    assert!(
+        out.status.success(),
+        "lab up: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // `up` returns only when all 16 pairs answer; check them once more ourselves.
+    let hosts = [
+        ("aws", "10.1.0.10"),
+        ("gcp", "10.2.0.10"),
+        ("azure", "10.3.0.10"),
+        ("office", "192.168.10.10"),
+    ];
+    for (from, _) in hosts {
+        for (to, addr) in hosts {
+            assert!(
+                ping_avg(&lab.ns("l", from), addr, 1).is_some(),
+                "{from} LAN cannot reach {to} LAN"
+            );
+        }
+    }
+
+    // Cut aws-gcp under a 100 ms ping train from the aws LAN host to the gcp LAN host.
+    let train = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.ns("l", "aws"),
+            "ping",
+            "-i",
+            "0.1",
+            "-c",
+            "100",
+            "-W",
+            "1",
+            "10.2.0.10",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(lab.run(&["lab", "cut", "aws", "gcp"]).status.success());
+    let text = String::from_utf8_lossy(&train.wait_with_output().unwrap().stdout).into_owned();
+    let seqs = answered(&text);
+    let worst = seqs.windows(2).map(|w| w[1] - w[0] - 1).max().unwrap_or(0);
+    let tail_lost = 100 - seqs.last().copied().unwrap_or(0);
+    eprintln!(
+        "failover aws->gcp: longest gap {} ms ({} of 100 answered)",
+        worst * 100,
+        seqs.len()
+    );
+    assert!(
+        tail_lost <= 1,
+        "traffic never came back after the cut: {text}"
+    );
+    assert!(worst <= 30, "failover gap {} ms > 3 s", worst * 100);
+    let status = router_status(&lab, "aws");
+    assert!(
+        active_route(&status, "10.2.0.0/24").contains("transit"),
+        "{status}"
+    );
+
+    // Heal: back on the direct path within 5 s.
+    assert!(lab.run(&["lab", "heal", "aws", "gcp"]).status.success());
+    let healed = std::time::Instant::now();
+    loop {
+        let status = router_status(&lab, "aws");
+        if active_route(&status, "10.2.0.0/24") == "10.2.0.0/24 wg-gcp 100 direct" {
+            break;
+        }
+        assert!(
+            healed.elapsed().as_secs_f64() < 5.0,
+            "not back on wg-gcp 5 s after heal: {status}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    eprintln!(
+        "heal aws-gcp: direct again after {:.1} s",
+        healed.elapsed().as_secs_f64()
+    );
+
+    // A crashed router adopts its leftovers: no duplicate routes after a restart.
+    let aws = lab.ns("r", "aws");
+    let before = our_routes(&aws);
+    assert_eq!(before.len(), 9, "{before:#?}");
+    assert!(lab
+        .run(&["lab", "restart", "aws", "--kill"])
+        .status
+        .success());
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let mut after = our_routes(&aws);
+    let mut unique = after.clone();
+    unique.sort();
+    unique.dedup();
+    after.sort();
+    assert_eq!(after, unique, "duplicate routes after restart");
+    assert_eq!(after.len(), 9);
+    assert!(
+        ping_avg(&lab.ns("l", "aws"), "10.2.0.10", 3).is_some(),
+        "traffic resumes after the restart"
+    );
+
+    // SIGTERM: our routes go, a foreign route in the same table stays.
+    let foreign = Command::new("ip")
+        .args(["-n", &aws, "route", "add", "10.99.0.0/24", "dev", "lan0"])
+        .status()
+        .unwrap();
+    assert!(foreign.success());
+    let pid = fs::read_to_string(format!("/run/sitelink-lab/{}/aws/router.pid", lab.name)).unwrap();
+    assert!(Command::new("kill")
+        .args(["-TERM", pid.trim()])
+        .status()
+        .unwrap()
+        .success());
+    let gone = std::time::Instant::now();
+    while std::path::Path::new("/proc").join(pid.trim()).exists() && gone.elapsed().as_secs() < 10 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        our_routes(&aws).is_empty(),
+        "routes left after SIGTERM: {:?}",
+        our_routes(&aws)
+    );
+    let out = Command::new("ip")
+        .args(["-n", &aws, "route", "show", "10.99.0.0/24"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("10.99.0.0/24 dev lan0"),
+        "the foreign route was touched"
+    );
+
+    assert!(lab.run(&["lab", "down"]).status.success());
+    assert!(
+        lab.namespaces().is_empty(),
+        "left behind: {:?}",
+        lab.namespaces()
+    );
+}
