@@ -9,6 +9,7 @@ use sitelink_config::keys::{KeyAction, Keystore, PublicKey};
 use sitelink_config::network::{self, Network};
 use sitelink_config::site;
 
+pub mod bench;
 mod import;
 pub mod lab;
 pub use import::import_wg;
@@ -193,5 +194,12 @@ pub fn keys_init(path: &Path, out: &Path, rotate: Option<&str>) -> Result<()> {
             store.public(&site)?
         );
     }
+    Ok(())
+}
+
+/// `sitelink bench routes [--routes N]`
+pub fn bench_routes(routes: usize) -> Result<()> {
+    let report = sitelink_routes::bench(routes)?;
+    print!("{report}");
     Ok(())
 }

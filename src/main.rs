@@ -37,6 +37,11 @@ enum Command {
         #[command(subcommand)]
         command: LabCommand,
     },
+    /// Benchmarks (programs, not tests): print a table of this machine's figures.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// The lab's internet switch (started by `lab up`).
     #[command(hide = true)]
     LabSwitch {
@@ -108,6 +113,24 @@ enum LabCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// iperf3 and ping through sitelink-wg, wireguard-go and boringtun-cli in network namespaces (root).
+    Dataplane {
+        /// sitelink-router binary to measure (default: next to this one).
+        #[arg(long)]
+        router: Option<PathBuf>,
+        /// Seconds per iperf3 run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+    },
+    /// Route installer: cold apply, second apply and withdraw of N routes in a scratch namespace (root).
+    Routes {
+        #[arg(long, default_value_t = 10_000)]
+        routes: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum KeysCommand {
     /// Create a key for every site that has none; keep existing keys.
     Init {
@@ -163,6 +186,12 @@ fn main() -> ExitCode {
             LabCommand::Cut { network, a, b } => sitelink::lab::cut(&network, &a, &b, false),
             LabCommand::Heal { network, a, b } => sitelink::lab::cut(&network, &a, &b, true),
         },
+        Command::Bench {
+            command: BenchCommand::Dataplane { router, seconds },
+        } => sitelink::bench::dataplane(router.as_deref(), seconds).map_err(Into::into),
+        Command::Bench {
+            command: BenchCommand::Routes { routes },
+        } => sitelink::bench_routes(routes),
         Command::LabSwitch { ready, ports } => sitelink::lab::switch(&ready, &ports),
         Command::ImportWg { files, keys_out } => sitelink::import_wg(&files, keys_out.as_deref()),
     };
