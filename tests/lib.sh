@@ -1,0 +1,30 @@
+# Shell helpers shared by tests/run and qemu/up. Source it; it defines functions only.
+
+say() { printf '\n==> %s\n' "$*"; }
+
+need_root() {
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "$0: $1 needs root (network namespaces, TUN devices, packages); run as root" >&2
+        exit 1
+    fi
+}
+
+# apt_install PKG...: install the Debian packages that are missing, without recommends.
+apt_install() {
+    local missing=()
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    need_root "installing ${missing[*]}"
+    say "apt-get install ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+need_cargo() {
+    command -v cargo >/dev/null || { echo "$0: cargo not found; install Rust with rustup (stable)" >&2; exit 1; }
+}
+
+# Packages the lab (namespace mode) uses at run time.
+LAB_PACKAGES=(iproute2 iputils-ping nftables procps util-linux)
