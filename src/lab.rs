@@ -217,7 +217,7 @@ fn print_logs(network: &str, plan: &LabPlan) {
 
 fn print_table(plan: &LabPlan) {
     println!(
-        "{:<12} {:<16} {:<16} {:<18} delay",
+        "{:<12} {:<22} {:<16} {:<24} delay",
         "site", "public", "lan host", "router ns"
     );
     for s in &plan.sites {
@@ -227,7 +227,7 @@ fn print_table(plan: &LabPlan) {
             s.public.to_string()
         };
         println!(
-            "{:<12} {:<16} {:<16} {:<18} {} ms",
+            "{:<12} {:<22} {:<16} {:<24} {} ms",
             s.name,
             public,
             s.host.addr(),
