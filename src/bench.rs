@@ -141,6 +141,20 @@ fn json_number_after(text: &str, anchor: &str, key: &str) -> Option<f64> {
     num.parse().ok()
 }
 
+/// The median of the `time=X ms` values of `ping` output (robust to scheduler outliers).
+fn median_rtt(ping: &str) -> Option<f64> {
+    let mut v: Vec<f64> = ping
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("time="))
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    Some(v[v.len() / 2])
+}
+
 fn genkey() -> Result<(String, String)> {
     let private = run(Command::new("wg").arg("genkey"))?.trim().to_string();
     let mut child = Command::new("wg")
@@ -316,15 +330,9 @@ fn measure(which_impl: Impl, sitelink_wg: &Path, seconds: u32) -> Result<Measure
     let ping = run(&mut ns_cmd(
         &na,
         "ping",
-        &["-c", "50", "-i", "0.02", "-q", "10.250.0.2"],
+        &["-c", "200", "-i", "0.01", "10.250.0.2"],
     ))?;
-    let rtt_ms = ping
-        .lines()
-        .find(|l| l.contains("min/avg/max"))
-        .and_then(|l| l.split('=').nth(1))
-        .and_then(|v| v.trim().split('/').nth(1))
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| anyhow!("cannot parse ping output: {ping}"))?;
+    let rtt_ms = median_rtt(&ping).ok_or_else(|| anyhow!("cannot parse ping output: {ping}"))?;
 
     let server = ns_cmd(&nb, "iperf3", &["-s"])
         .stdout(Stdio::null())
@@ -398,7 +406,7 @@ fn render_table(rows: &[(Impl, Measurement)], seconds: u32) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "Data plane: iperf3 TCP through a WireGuard tunnel between two netns over a veth, same implementation on both ends, {seconds} s per run, {} CPUs", std::thread::available_parallelism().map_or(0, |n| n.get()));
     let _ = writeln!(s);
-    let _ = writeln!(s, "| implementation | 1 stream Mbit/s | vs wireguard-go | 4 streams Mbit/s | vs wireguard-go | ping RTT ms | CPU s/GB |");
+    let _ = writeln!(s, "| implementation | 1 stream Mbit/s | vs wireguard-go | 4 streams Mbit/s | vs wireguard-go | ping RTT ms (median of 200) | CPU s/GB |");
     let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|");
     for (i, m) in rows {
         let _ = writeln!(

@@ -33,6 +33,8 @@ pub const SOCKET_DIR: &str = "/var/run/wireguard";
 
 const MAX_PACKET: usize = 65536;
 const BATCH: usize = 64;
+/// Receive batches up to this size count as light load (see `udp_to_tun`).
+const LATENCY_BATCH: usize = 4;
 const TICK: Duration = Duration::from_millis(100);
 
 /// Why a device could not start.
@@ -458,9 +460,7 @@ fn send_one(snap: &Snapshot, shared: &Shared, data: &[u8], to: SocketAddr) {
 fn tun_to_udp(shared: &Shared) {
     let fd = shared.tun.as_raw_fd();
     let mut view = View::new(shared);
-    let mut inbuf = vec![0u8; MAX_PACKET];
-    let mut outbufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; MAX_PACKET + 32]).collect();
-    let mut out_meta: Vec<(usize, SocketAddr)> = Vec::with_capacity(BATCH);
+    let mut tx = TxBatch::new();
     while !shared.stop.load(Ordering::Relaxed) {
         match sys::poll_readable(fd, Duration::from_millis(500)) {
             Ok(true) => {}
@@ -473,10 +473,40 @@ fn tun_to_udp(shared: &Shared) {
         }
         view.refresh(shared);
         let snap = view.snap.clone();
-        out_meta.clear();
+        if let Some(e) = tx.drain(shared, &snap) {
+            if e.raw_os_error() == Some(libc::EBADFD) {
+                request_stop(shared, StopReason::TunDeleted);
+                return;
+            }
+            log::debug!("{}: TUN read: {e}", shared.name);
+        }
+    }
+}
+
+/// Buffers for reading a batch of packets from the TUN and sending them encrypted.
+struct TxBatch {
+    inbuf: Vec<u8>,
+    outbufs: Vec<Vec<u8>>,
+    out_meta: Vec<(usize, SocketAddr)>,
+}
+
+impl TxBatch {
+    fn new() -> TxBatch {
+        TxBatch {
+            inbuf: vec![0u8; MAX_PACKET],
+            outbufs: (0..BATCH).map(|_| vec![0u8; MAX_PACKET + 32]).collect(),
+            out_meta: Vec::with_capacity(BATCH),
+        }
+    }
+
+    /// Reads every packet queued on the (non-blocking) TUN, up to a batch, encrypts each with
+    /// its peer's session and sends them with one `sendmmsg`. Returns a read error other than
+    /// "would block".
+    fn drain(&mut self, shared: &Shared, snap: &Snapshot) -> Option<io::Error> {
+        self.out_meta.clear();
         let mut read_err = None;
-        while out_meta.len() < BATCH {
-            let n = match (&shared.tun).read(&mut inbuf) {
+        while self.out_meta.len() < BATCH {
+            let n = match (&shared.tun).read(&mut self.inbuf) {
                 Ok(n) => n,
                 Err(e) => {
                     if e.kind() != io::ErrorKind::WouldBlock {
@@ -485,14 +515,14 @@ fn tun_to_udp(shared: &Shared) {
                     break;
                 }
             };
-            let pkt = &inbuf[..n];
+            let pkt = &self.inbuf[..n];
             let Some(dst) = Tunn::dst_address(pkt) else {
                 continue;
             };
             let Some(peer) = snap.table.lookup(dst).and_then(|id| snap.by_id.get(&id)) else {
                 continue;
             };
-            let slot = out_meta.len();
+            let slot = self.out_meta.len();
             let mut inner = peer.lock();
             let Some(endpoint) = inner.endpoint else {
                 continue;
@@ -500,22 +530,16 @@ fn tun_to_udp(shared: &Shared) {
             let Some(tunn) = inner.tunn.as_mut() else {
                 continue;
             };
-            if let TunnResult::WriteToNetwork(p) = tunn.encapsulate(pkt, &mut outbufs[slot]) {
+            if let TunnResult::WriteToNetwork(p) = tunn.encapsulate(pkt, &mut self.outbufs[slot]) {
                 let len = p.len();
                 inner.last_tx = Instant::now();
                 drop(inner);
                 peer.tx_bytes.fetch_add(len as u64, Ordering::Relaxed);
-                out_meta.push((len, endpoint));
+                self.out_meta.push((len, endpoint));
             }
         }
-        flush(&snap, shared, &outbufs, &out_meta);
-        if let Some(e) = read_err {
-            if e.raw_os_error() == Some(libc::EBADFD) {
-                request_stop(shared, StopReason::TunDeleted);
-                return;
-            }
-            log::debug!("{}: TUN read: {e}", shared.name);
-        }
+        flush(snap, shared, &self.outbufs, &self.out_meta);
+        read_err
     }
 }
 
@@ -551,7 +575,9 @@ fn udp_to_tun(shared: &Shared) {
     let mut addrs: Vec<Option<SocketAddr>> = vec![None; BATCH];
     let mut out = vec![0u8; MAX_PACKET];
     let mut replies: Vec<(Vec<u8>, SocketAddr)> = Vec::new();
+    let mut tx = TxBatch::new();
     while !shared.stop.load(Ordering::Relaxed) {
+        let mut wrote_tun = false;
         view.refresh(shared);
         let snap = view.snap.clone();
         let n = match sys::recv_batch(snap.sock.as_raw_fd(), &mut bufs, &mut lens, &mut addrs) {
@@ -574,6 +600,7 @@ fn udp_to_tun(shared: &Shared) {
                 continue;
             };
             let mut to_tun = |pkt: &[u8]| {
+                wrote_tun = true;
                 if let Err(e) = (&shared.tun).write(pkt) {
                     log::debug!("{}: TUN write: {e}", shared.name);
                 }
@@ -590,6 +617,14 @@ fn udp_to_tun(shared: &Shared) {
         }
         for (data, to) in replies.drain(..) {
             send_one(&snap, shared, &data, to);
+        }
+        if wrote_tun && n <= LATENCY_BATCH {
+            // A light load: what we just wrote often produces an immediate answer from the
+            // kernel (an ICMP echo reply, a TCP ACK). Take it here instead of waking the TUN
+            // thread: one thread wake-up less per request/response round trip. Under bulk load
+            // (full batches) the TUN thread does this work, so the two threads do not fight
+            // over the peer lock.
+            let _ = tx.drain(shared, &snap);
         }
     }
 }
