@@ -150,51 +150,44 @@ fn convert(
             .filter(|m| (576..=9000).contains(m))
             .ok_or_else(|| anyhow!("{file}:{}: MTU {m} is outside 576 to 9000", iface.line))?,
     };
-    let private_key_file = match (&iface.private_key, export_keys) {
-        (Some(k), true) => {
-            let file = format!("{name}.key");
+    // A key is exported to --keys-out (written once every file is valid) or named as left out.
+    let mut export = |key: Option<&wgquick::Key>, file: String, line: usize, what: &str| match key {
+        Some(k) if export_keys => {
             secrets.push(Secret {
                 file: file.clone(),
                 base64: k.to_base64(),
             });
             Some(file)
         }
-        (Some(_), false) => {
+        Some(_) => {
             warn(
-                iface.line,
-                "the private key is not exported; pass --keys-out DIR to write it (mode 0600)"
-                    .into(),
+                line,
+                format!("the {what} is not exported; pass --keys-out DIR to write it (mode 0600)"),
             );
             None
         }
-        (None, _) => {
-            warn(
-                iface.line,
-                "no PrivateKey: the interface will use the site key".into(),
-            );
-            None
-        }
+        None => None,
     };
+    let private_key_file = export(
+        iface.private_key.as_ref(),
+        format!("{name}.key"),
+        iface.line,
+        "private key",
+    );
+    if iface.private_key.is_none() {
+        warn(
+            iface.line,
+            "no PrivateKey: the interface will use the site key".into(),
+        );
+    }
     let mut peers = Vec::new();
     for (i, p) in q.peers.iter().enumerate() {
-        let preshared_key_file = match (&p.preshared_key, export_keys) {
-            (Some(k), true) => {
-                let file = format!("{name}.peer{i}.psk");
-                secrets.push(Secret {
-                    file: file.clone(),
-                    base64: k.to_base64(),
-                });
-                Some(file)
-            }
-            (Some(_), false) => {
-                warn(
-                    p.line,
-                    "the preshared key is not exported; pass --keys-out DIR to write it".into(),
-                );
-                None
-            }
-            (None, _) => None,
-        };
+        let preshared_key_file = export(
+            p.preshared_key.as_ref(),
+            format!("{name}.peer{i}.psk"),
+            p.line,
+            "preshared key",
+        );
         peers.push(Peer {
             site: None,
             public_key: PublicKey::from(&p.public_key),
