@@ -135,6 +135,8 @@ struct Shared {
     stop_reason: Mutex<Option<StopReason>>,
     mtu: AtomicU32,
     ipv6_warned: AtomicBool,
+    /// Whether UDP GSO works on this socket (cleared on the first EIO/EINVAL).
+    gso: AtomicBool,
 }
 
 /// A running interface.
@@ -180,6 +182,9 @@ pub fn bind_udp(port: u16, fwmark: u32) -> io::Result<(UdpSocket, bool)> {
         Err(e) => return Err(e),
     };
     sock.set_read_timeout(Some(Duration::from_millis(200)))?;
+    if let Err(e) = sys::enable_udp_gro(sock.as_raw_fd()) {
+        log::debug!("UDP GRO not available: {e}");
+    }
     sys::set_socket_buffers(sock.as_raw_fd(), 4 << 20);
     if fwmark != 0 {
         sys::set_fwmark(sock.as_raw_fd(), fwmark)?;
@@ -269,6 +274,7 @@ impl Prepared {
             stop_reason: Mutex::new(None),
             mtu: AtomicU32::new(DEFAULT_MTU),
             ipv6_warned: AtomicBool::new(!dual_stack),
+            gso: AtomicBool::new(std::env::var_os("SITELINK_WG_NO_GSO").is_none()),
         });
         sys::set_nonblocking(shared.tun.as_raw_fd()).map_err(|source| {
             StartDeviceError::CreateTun {
@@ -552,7 +558,22 @@ fn flush(snap: &Snapshot, shared: &Shared, bufs: &[Vec<u8>], meta: &[(usize, Soc
         .zip(bufs)
         .filter_map(|(&(len, to), buf)| wire_addr(to, snap.dual_stack).map(|a| (&buf[..len], a)))
         .collect();
-    let sent = sys::send_batch(snap.sock.as_raw_fd(), &packets);
+    let fd = snap.sock.as_raw_fd();
+    let sent = if shared.gso.load(Ordering::Relaxed) {
+        match sys::send_batch_gso(fd, &packets) {
+            Ok(sent) => sent,
+            Err((from, e)) => {
+                log::warn!(
+                    "{}: UDP GSO unavailable ({e}); sending datagrams one by one",
+                    shared.name
+                );
+                shared.gso.store(false, Ordering::Relaxed);
+                from + sys::send_batch(fd, &packets[from..])
+            }
+        }
+    } else {
+        sys::send_batch(fd, &packets)
+    };
     if sent < packets.len() {
         log::debug!(
             "{}: sent {sent} of {} datagrams",
@@ -571,8 +592,7 @@ const MSG_DATA: u8 = 4;
 fn udp_to_tun(shared: &Shared) {
     let mut view = View::new(shared);
     let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; MAX_PACKET]).collect();
-    let mut lens = vec![0usize; BATCH];
-    let mut addrs: Vec<Option<SocketAddr>> = vec![None; BATCH];
+    let mut meta = vec![sys::RecvMeta::default(); BATCH];
     let mut out = vec![0u8; MAX_PACKET];
     let mut replies: Vec<(Vec<u8>, SocketAddr)> = Vec::new();
     let mut tx = TxBatch::new();
@@ -580,7 +600,7 @@ fn udp_to_tun(shared: &Shared) {
         let mut wrote_tun = false;
         view.refresh(shared);
         let snap = view.snap.clone();
-        let n = match sys::recv_batch(snap.sock.as_raw_fd(), &mut bufs, &mut lens, &mut addrs) {
+        let n = match sys::recv_batch(snap.sock.as_raw_fd(), &mut bufs, &mut meta) {
             Ok(n) => n,
             Err(e) => {
                 if !matches!(
@@ -595,8 +615,10 @@ fn udp_to_tun(shared: &Shared) {
                 continue;
             }
         };
+        let mut datagrams = 0;
         for i in 0..n {
-            let Some(src) = addrs[i].map(canonical) else {
+            let m = meta[i];
+            let Some(src) = m.addr.map(canonical) else {
                 continue;
             };
             let mut to_tun = |pkt: &[u8]| {
@@ -605,20 +627,26 @@ fn udp_to_tun(shared: &Shared) {
                     log::debug!("{}: TUN write: {e}", shared.name);
                 }
             };
-            handle_datagram(
-                &shared.name,
-                &snap,
-                &bufs[i][..lens[i]],
-                src,
-                &mut out,
-                &mut replies,
-                &mut to_tun,
-            );
+            // A UDP GRO message holds several datagrams of `gso_size` bytes (the last may be
+            // shorter).
+            let seg = m.gso_size.unwrap_or(m.len).max(1);
+            for chunk in bufs[i][..m.len].chunks(seg) {
+                datagrams += 1;
+                handle_datagram(
+                    &shared.name,
+                    &snap,
+                    chunk,
+                    src,
+                    &mut out,
+                    &mut replies,
+                    &mut to_tun,
+                );
+            }
         }
         for (data, to) in replies.drain(..) {
             send_one(&snap, shared, &data, to);
         }
-        if wrote_tun && n <= LATENCY_BATCH {
+        if wrote_tun && datagrams <= LATENCY_BATCH {
             // A light load: what we just wrote often produces an immediate answer from the
             // kernel (an ICMP echo reply, a TCP ACK). Take it here instead of waking the TUN
             // thread: one thread wake-up less per request/response round trip. Under bulk load

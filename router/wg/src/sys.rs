@@ -278,17 +278,39 @@ fn std_to_sockaddr(addr: &SocketAddr, ss: &mut libc::sockaddr_storage) -> libc::
     }
 }
 
-/// Receives up to `bufs.len()` datagrams in one `recvmmsg` call, blocking for the first.
-/// Fills `lens` and `addrs` for each received datagram and returns how many arrived.
-pub fn recv_batch(
-    fd: RawFd,
-    bufs: &mut [Vec<u8>],
-    lens: &mut [usize],
-    addrs: &mut [Option<SocketAddr>],
-) -> io::Result<usize> {
-    let n = bufs.len().min(lens.len()).min(addrs.len());
+const UDP_SEGMENT: libc::c_int = 103;
+const UDP_GRO: libc::c_int = 104;
+/// Room for one cmsg carrying an int (UDP_GRO) or a u16 (UDP_SEGMENT), 8-byte aligned.
+const CMSG_ROOM: usize = 32;
+
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct CmsgBuf([u8; CMSG_ROOM]);
+
+/// Asks the kernel to hand us coalesced UDP datagrams (UDP GRO) with their segment size.
+pub fn enable_udp_gro(fd: RawFd) -> io::Result<()> {
+    set_sockopt_int(fd, libc::SOL_UDP, UDP_GRO, 1)
+}
+
+/// One received message: its length, source, and segment size when the kernel coalesced
+/// several datagrams of that size (UDP GRO).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RecvMeta {
+    /// Bytes in the buffer.
+    pub len: usize,
+    /// Source address.
+    pub addr: Option<SocketAddr>,
+    /// Segment size of a coalesced message (each datagram but the last has this size).
+    pub gso_size: Option<usize>,
+}
+
+/// Receives up to `bufs.len()` messages in one `recvmmsg` call, blocking for the first.
+/// Fills `meta` and returns how many arrived.
+pub fn recv_batch(fd: RawFd, bufs: &mut [Vec<u8>], meta: &mut [RecvMeta]) -> io::Result<usize> {
+    let n = bufs.len().min(meta.len());
     // SAFETY: all-zero is a valid sockaddr_storage.
     let mut storage: Vec<libc::sockaddr_storage> = vec![unsafe { std::mem::zeroed() }; n];
+    let mut cmsgs = vec![CmsgBuf([0; CMSG_ROOM]); n];
     let mut iovs: Vec<libc::iovec> = bufs[..n]
         .iter_mut()
         .map(|b| libc::iovec {
@@ -304,13 +326,15 @@ pub fn recv_batch(
         hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         hdr.msg_iov = &mut iovs[i];
         hdr.msg_iovlen = 1;
+        hdr.msg_control = cmsgs[i].0.as_mut_ptr() as *mut libc::c_void;
+        hdr.msg_controllen = CMSG_ROOM;
         msgs.push(libc::mmsghdr {
             msg_hdr: hdr,
             msg_len: 0,
         });
     }
-    // SAFETY: `msgs` holds `n` initialised headers whose buffers, iovecs and address storage
-    // outlive the call; MSG_WAITFORONE blocks only for the first datagram.
+    // SAFETY: `msgs` holds `n` initialised headers whose buffers, iovecs, address storage and
+    // control buffers outlive the call; MSG_WAITFORONE blocks only for the first message.
     let rc = unsafe {
         libc::recvmmsg(
             fd,
@@ -325,10 +349,141 @@ pub fn recv_batch(
     }
     let got = rc as usize;
     for i in 0..got {
-        lens[i] = msgs[i].msg_len as usize;
-        addrs[i] = sockaddr_to_std(&storage[i]);
+        let mut gso_size = None;
+        let hdr = &msgs[i].msg_hdr;
+        // SAFETY: the kernel filled `msg_control` (within CMSG_ROOM, as `msg_controllen` says);
+        // CMSG_FIRSTHDR/NXTHDR stay within it and CMSG_DATA points at the cmsg payload.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(hdr);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == UDP_GRO {
+                    let v = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::c_int);
+                    if v > 0 {
+                        gso_size = Some(v as usize);
+                    }
+                }
+                c = libc::CMSG_NXTHDR(hdr, c);
+            }
+        }
+        meta[i] = RecvMeta {
+            len: msgs[i].msg_len as usize,
+            addr: sockaddr_to_std(&storage[i]),
+            gso_size,
+        };
     }
     Ok(got)
+}
+
+/// Sends datagrams, coalescing runs of equal-size datagrams to the same destination into one
+/// UDP GSO message (`UDP_SEGMENT`) when `gso` is true. Returns the number of datagrams the
+/// kernel took, or `Err` with the error of a GSO message so the caller can turn GSO off and
+/// retry from the datagram index it carries (older kernels and devices without UDP
+/// segmentation say EIO or EINVAL).
+pub fn send_batch_gso(
+    fd: RawFd,
+    packets: &[(&[u8], SocketAddr)],
+) -> Result<usize, (usize, io::Error)> {
+    let n = packets.len();
+    if n == 0 {
+        return Ok(0);
+    }
+    // Group: same destination; every datagram but the last of a group has the group's size;
+    // the last may be shorter; at most 64 segments and 64 KiB.
+    let mut groups: Vec<(usize, usize, usize)> = Vec::new(); // (start, count, seg)
+    let mut i = 0;
+    while i < n {
+        let (first, addr) = packets[i];
+        let seg = first.len();
+        let mut count = 1;
+        let mut total = seg;
+        while i + count < n && count < 64 {
+            let (next, next_addr) = packets[i + count];
+            if next_addr != addr || next.len() > seg || total + next.len() > 65000 || seg == 0 {
+                break;
+            }
+            total += next.len();
+            count += 1;
+            if next.len() < seg {
+                break;
+            }
+        }
+        groups.push((i, count, seg));
+        i += count;
+    }
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut storage: Vec<libc::sockaddr_storage> =
+        vec![unsafe { std::mem::zeroed() }; groups.len()];
+    let mut cmsgs = vec![CmsgBuf([0; CMSG_ROOM]); groups.len()];
+    let iovs: Vec<libc::iovec> = packets
+        .iter()
+        .map(|(b, _)| libc::iovec {
+            iov_base: b.as_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        })
+        .collect();
+    let mut msgs: Vec<libc::mmsghdr> = Vec::with_capacity(groups.len());
+    for (g, &(start, count, seg)) in groups.iter().enumerate() {
+        let namelen = std_to_sockaddr(&packets[start].1, &mut storage[g]);
+        // SAFETY: all-zero is a valid msghdr; the pointers set below stay valid for the call.
+        let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+        hdr.msg_name = &mut storage[g] as *mut _ as *mut libc::c_void;
+        hdr.msg_namelen = namelen;
+        hdr.msg_iov = iovs[start..].as_ptr() as *mut libc::iovec;
+        hdr.msg_iovlen = count;
+        if count > 1 {
+            hdr.msg_control = cmsgs[g].0.as_mut_ptr() as *mut libc::c_void;
+            // SAFETY: CMSG_SPACE is a pure size computation.
+            hdr.msg_controllen =
+                unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) } as usize;
+            // SAFETY: the control buffer is CMSG_ROOM (>= CMSG_SPACE(2)) bytes, 8-byte aligned,
+            // and `msg_controllen` covers exactly one cmsg carrying a u16.
+            unsafe {
+                let c = libc::CMSG_FIRSTHDR(&hdr);
+                (*c).cmsg_level = libc::SOL_UDP;
+                (*c).cmsg_type = UDP_SEGMENT;
+                (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as usize;
+                std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut u16, seg as u16);
+            }
+        }
+        msgs.push(libc::mmsghdr {
+            msg_hdr: hdr,
+            msg_len: 0,
+        });
+    }
+    let mut done = 0; // messages
+    let mut sent = 0; // datagrams
+    while done < msgs.len() {
+        // SAFETY: `msgs[done..]` are initialised headers pointing at buffers (borrowed from
+        // `packets`, only read by the kernel), iovecs, addresses and control data that outlive
+        // the call.
+        let rc = unsafe {
+            libc::sendmmsg(
+                fd,
+                msgs[done..].as_mut_ptr(),
+                (msgs.len() - done) as libc::c_uint,
+                0,
+            )
+        };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            if groups[done].1 > 1
+                && matches!(
+                    err.raw_os_error(),
+                    Some(libc::EIO) | Some(libc::EINVAL) | Some(libc::EOPNOTSUPP)
+                )
+            {
+                return Err((groups[done].0, err));
+            }
+            // Skip the message that failed (e.g. unreachable destination) and go on.
+            done += 1;
+            continue;
+        }
+        for g in &groups[done..done + rc as usize] {
+            sent += g.1;
+        }
+        done += rc as usize;
+    }
+    Ok(sent)
 }
 
 /// Sends each `(buffer, destination)` pair with as few `sendmmsg` calls as possible. Returns
