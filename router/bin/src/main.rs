@@ -7,6 +7,8 @@
 //! - `sitelink-wg [-f] IFNAME` (argv[0] file name) or `sitelink-router wg [-f] IFNAME`: the
 //!   userspace WireGuard data plane (the wireguard-go process contract).
 //! - `sitelink-router version`: the version.
+//! - PID 1, or invoked as `/init` with no arguments: the image's init ([`sitelink_init::run`]).
+//!   `sitelink-router init --check DIR` checks a config directory as the init would.
 //!
 //! Exit codes of `site` and `routed`: 0 stopped by a signal, 1 failed (restart me), 3 bad config
 //! or key (do not restart until the config changes), 2 usage.
@@ -16,7 +18,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 const USAGE: &str =
-    "usage: sitelink-router site CONFIG | routed CONFIG | status | wg [-f] IFNAME | version";
+    "usage: sitelink-router site CONFIG | routed CONFIG | status | wg [-f] IFNAME | init --check DIR | version";
 
 fn run_site(
     what: &str,
@@ -48,6 +50,9 @@ fn main() -> ExitCode {
         .and_then(|a| Path::new(a).file_name())
         .and_then(|n| n.to_str())
         .unwrap_or("sitelink-router");
+    if std::process::id() == 1 || (args.len() == 1 && args[0] == "/init") {
+        sitelink_init::run();
+    }
     if invoked_as == "sitelink-wg" {
         return sitelink_wg::cli::run("sitelink-wg", &args[1..]);
     }
@@ -69,6 +74,7 @@ fn main() -> ExitCode {
             }
         },
         Some("wg") => sitelink_wg::cli::run("sitelink-router wg", &args[2..]),
+        Some("init") => sitelink_init::cli(&args[2..]),
         Some(other) => {
             eprintln!("sitelink-router: unknown command {other:?}; {USAGE}");
             ExitCode::from(2)

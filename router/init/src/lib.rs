@@ -1,0 +1,397 @@
+//! `sitelink-init`: the image's PID 1, as gokrazy and linuxkit do it: [`boot`] then supervise.
+//!
+//! boot: mount /proc /sys /dev /run /tmp, load the initramfs's modules (dependency order), bring
+//! up `lo`, find the site config (`sitelink.config=` or the `CIDATA` disk; see [`config`]); once
+//! it validates: hostname = site name, NICs (`wan0` first NIC or by MAC, static or DHCP; `lan0`
+//! static), sysctls (forwarding, loose rp_filter).
+//!
+//! supervise: the router in site mode (`sitelink-router site /run/sitelink-config/site.toml`) as
+//! a service ([`supervise`]): own process group, restart with backoff, exit code 3 = bad config,
+//! output tagged `[uptime] site: ...` on the console. `sitelink: ready site=<name>` is printed
+//! once the service runs and every tunnel interface exists (not waiting for WAN or handshakes).
+//!
+//! A missing or invalid config prints the same diagnostics as `sitelink validate` and is looked
+//! for again every few seconds; the init never exits (that would panic the kernel).
+//!
+//! Shutdown on SIGTERM, SIGUSR2, SIGINT or the ACPI power button: services get SIGTERM, SIGKILL
+//! after 5 s, our routes are flushed, disks synced, power off.
+//!
+//! Debug commands on the serial console (one per line): `status`, `log [SERVICE]`,
+//! `kill [SERVICE]` (SIGKILL its process group: the supervisor restarts it), `term [SERVICE]`,
+//! `poweroff`, `help`.
+//!
+//! No unsafe code: mounts, modules, reboot and signals go through `nix` and `signal-hook`.
+#![forbid(unsafe_code)]
+
+pub mod boot;
+pub mod config;
+pub mod console;
+pub mod kmod;
+pub mod net;
+pub mod power;
+pub mod supervise;
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use sitelink_config::site::SiteConfig;
+
+use crate::config::Found;
+use crate::supervise::{Service, State};
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The marker tests and operators wait for.
+pub const READY: &str = "sitelink: ready site=";
+/// Route protocols flushed at shutdown: the route installer's (83) and the init's own (84).
+const OUR_ROUTE_PROTOCOLS: [u8; 2] = [83, net::RTPROT_SITELINK_INIT];
+/// How often a missing or invalid config is looked for again.
+const RETRY: Duration = Duration::from_secs(3);
+/// How long services get between SIGTERM and SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+enum Event {
+    Command(String),
+    PowerButton,
+}
+
+#[derive(Debug)]
+struct Init {
+    site: Option<Service>,
+    cfg: Option<SiteConfig>,
+    fingerprint: Vec<u8>,
+    configured: bool,
+    ready: bool,
+    last_problem: String,
+    next_look: Instant,
+    shutting_down: bool,
+}
+
+/// PID 1. Never returns.
+pub fn run() -> ! {
+    boot::mounts();
+    say!("sitelink {VERSION} init starting");
+    boot::modules();
+    boot::loopback();
+    let (tx, rx) = mpsc::channel();
+    power::watch(tx.clone(), Event::PowerButton, Duration::from_secs(10));
+    console_commands(tx);
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGUSR2,
+        signal_hook::consts::SIGINT,
+        Signal::SIGPWR as i32,
+    ] {
+        if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
+            say!("cannot handle signal {sig}: {e}");
+        }
+    }
+    let mut init = Init {
+        site: None,
+        cfg: None,
+        fingerprint: Vec::new(),
+        configured: false,
+        ready: false,
+        last_problem: String::new(),
+        next_look: Instant::now(),
+        shutting_down: false,
+    };
+    init.supervise(&rx, &stop)
+}
+
+fn console_commands(tx: Sender<Event>) {
+    let spawned = std::thread::Builder::new()
+        .name("console".into())
+        .spawn(move || {
+            for line in std::io::stdin().lock().lines() {
+                let Ok(line) = line else { break };
+                let line = line.trim().to_owned();
+                if !line.is_empty() && tx.send(Event::Command(line)).is_err() {
+                    break;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        say!("no console commands: {e}");
+    }
+}
+
+impl Init {
+    fn supervise(&mut self, rx: &Receiver<Event>, stop: &AtomicBool) -> ! {
+        loop {
+            self.reap();
+            if stop.load(Ordering::Relaxed) {
+                self.shutdown("signal");
+            }
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(Event::PowerButton) => self.shutdown("power button"),
+                Ok(Event::Command(c)) => self.command(&c),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
+            }
+            self.look_for_config();
+            if let Some(s) = &mut self.site {
+                s.tick();
+            }
+            self.check_ready();
+        }
+    }
+
+    /// Collect every exited child; tell its service.
+    fn reap(&mut self) {
+        loop {
+            let (pid, code, signal) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, Some(code), None),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, None, Some(sig as i32)),
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(_) => continue,
+            };
+            if let Some(s) = &mut self.site {
+                if s.pid() == Some(pid.as_raw()) {
+                    s.exited(code, signal, self.shutting_down);
+                }
+            }
+        }
+    }
+
+    fn problem(&mut self, text: String) {
+        if text != self.last_problem {
+            for l in text.lines() {
+                console::marker(l);
+            }
+            say!(
+                "waiting for a valid config (looking again every {} s)",
+                RETRY.as_secs()
+            );
+            self.last_problem = text;
+        }
+    }
+
+    /// Look for the config when there is no service, or the service stopped on a bad config.
+    fn look_for_config(&mut self) {
+        let wanted = match &self.site {
+            None => true,
+            Some(s) => matches!(&s.state, State::Stopped { why } if why == "bad config"),
+        };
+        if !wanted || Instant::now() < self.next_look || self.shutting_down {
+            return;
+        }
+        self.next_look = Instant::now() + RETRY;
+        match config::discover() {
+            Found::Missing(why) => self.problem(format!("sitelink: no config: {why}")),
+            Found::Invalid { source, messages } => self.problem(format!(
+                "sitelink: invalid config on {source}:\n{}",
+                messages.join("\n")
+            )),
+            Found::Valid {
+                cfg,
+                path,
+                source,
+                fingerprint,
+            } => {
+                if self.site.is_some() && fingerprint == self.fingerprint {
+                    return; // the same config the service refused: wait for a change
+                }
+                self.last_problem.clear();
+                self.fingerprint = fingerprint;
+                say!(
+                    "config for site {} of network {} from {source}: {} tunnel interfaces",
+                    cfg.site,
+                    cfg.network,
+                    cfg.interfaces.len()
+                );
+                self.configure(&cfg);
+                self.start_site(&path);
+                self.cfg = Some(*cfg);
+            }
+        }
+    }
+
+    fn configure(&mut self, cfg: &SiteConfig) {
+        if self.configured {
+            return;
+        }
+        self.configured = true;
+        if let Err(e) = nix::unistd::sethostname(&cfg.site) {
+            say!("cannot set hostname {}: {}", cfg.site, e.desc());
+        }
+        boot::sysctls();
+        if let Some(wan) = boot::network(cfg) {
+            say!(
+                "{}: DHCP is not built yet; give the site a static WAN address (wan.mode = \"static\")",
+                wan.name
+            );
+        }
+    }
+
+    fn start_site(&mut self, config: &Path) {
+        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/init"));
+        let mut s = Service::new(
+            "site",
+            "sitelink-router",
+            vec![
+                exe.display().to_string(),
+                "site".into(),
+                config.display().to_string(),
+            ],
+        );
+        s.start();
+        self.site = Some(s);
+    }
+
+    fn check_ready(&mut self) {
+        if self.ready {
+            return;
+        }
+        let (Some(cfg), Some(site)) = (&self.cfg, &self.site) else {
+            return;
+        };
+        if site.pid().is_none() {
+            return;
+        }
+        let all = cfg
+            .interfaces
+            .iter()
+            .all(|i| Path::new("/sys/class/net").join(&i.name).exists());
+        if all {
+            self.ready = true;
+            console::marker(&format!("{READY}{}", cfg.site));
+        }
+    }
+
+    fn service(&self, name: Option<&str>) -> Option<&Service> {
+        self.site
+            .as_ref()
+            .filter(|s| name.is_none_or(|n| n == s.name))
+    }
+
+    fn command(&mut self, line: &str) {
+        let mut words = line.split_whitespace();
+        let verb = words.next().unwrap_or_default();
+        let arg = words.next();
+        match verb {
+            "status" => {
+                say!(
+                    "ready: {}; config: {}",
+                    self.ready,
+                    self.cfg.as_ref().map_or("none", |c| c.site.as_str())
+                );
+                match &self.site {
+                    Some(s) => say!("{}", s.status()),
+                    None => say!("no services"),
+                }
+            }
+            "log" => match self.service(arg) {
+                Some(s) => {
+                    let ring = s.ring.lock().unwrap_or_else(|p| p.into_inner());
+                    for l in ring.iter() {
+                        console::line(&format!("{} (log)", s.name), l);
+                    }
+                }
+                None => say!("no such service"),
+            },
+            "kill" | "term" => {
+                let sig = if verb == "kill" {
+                    Signal::SIGKILL
+                } else {
+                    Signal::SIGTERM
+                };
+                match self.service(arg) {
+                    Some(s) if s.signal(sig) => say!("{}: sent {sig}", s.name),
+                    Some(s) => say!("{}: not running", s.name),
+                    None => say!("no such service"),
+                }
+            }
+            "poweroff" => self.shutdown("console command"),
+            _ => say!("commands: status, log [SERVICE], kill [SERVICE], term [SERVICE], poweroff"),
+        }
+    }
+
+    fn running(&self) -> bool {
+        self.site.as_ref().is_some_and(|s| s.pid().is_some())
+    }
+
+    /// Stop services (SIGTERM, SIGKILL after 5 s), flush our routes, sync, power off.
+    fn shutdown(&mut self, why: &str) -> ! {
+        say!("shutting down ({why})");
+        self.shutting_down = true;
+        if let Some(s) = &self.site {
+            s.signal(Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while self.running() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            self.reap();
+        }
+        if self.running() {
+            if let Some(s) = &self.site {
+                say!(
+                    "{}: still running after {} s; SIGKILL",
+                    s.name,
+                    STOP_TIMEOUT.as_secs()
+                );
+                s.signal(Signal::SIGKILL);
+            }
+            let deadline = Instant::now() + Duration::from_secs(1);
+            while self.running() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+                self.reap();
+            }
+        }
+        match net::Netlink::open().and_then(|mut nl| nl.flush_routes(&OUR_ROUTE_PROTOCOLS)) {
+            Ok(n) => say!("removed {n} routes"),
+            Err(e) => say!("cannot remove routes: {e}"),
+        }
+        nix::unistd::sync();
+        console::marker("sitelink: power off");
+        let err = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+        say!("power off failed: {err:?}; halting here");
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+}
+
+/// `sitelink-router init [--check DIR]`. As PID 1 this is the init; otherwise only `--check DIR`
+/// works (validate a config directory as the init would), so nothing on a host is ever mounted
+/// or powered off by accident.
+pub fn cli(args: &[String]) -> ExitCode {
+    if std::process::id() == 1 {
+        run();
+    }
+    match args {
+        [flag, dir] if flag == "--check" => match config::check_dir(Path::new(dir), dir) {
+            Found::Valid { cfg, .. } => {
+                println!(
+                    "config for site {} of network {}: valid ({} tunnel interfaces)",
+                    cfg.site,
+                    cfg.network,
+                    cfg.interfaces.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Found::Missing(why) => {
+                eprintln!("{why}");
+                ExitCode::from(1)
+            }
+            Found::Invalid { messages, .. } => {
+                for m in messages {
+                    eprintln!("{m}");
+                }
+                ExitCode::from(supervise::EXIT_NO_RESTART as u8)
+            }
+        },
+        _ => {
+            eprintln!("sitelink-router init: this is PID 1 of the image and refuses to run as pid {} (it mounts file systems and powers the machine off); use `sitelink-router init --check DIR` to check a config directory", std::process::id());
+            ExitCode::from(2)
+        }
+    }
+}
