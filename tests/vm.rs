@@ -1,0 +1,375 @@
+//! VM tier: build the image of the seed mesh and boot it under QEMU (KVM when it works, else
+//! TCG), waiting for the lines the init prints on the serial console.
+//! Needs root and qemu-system-x86 (and a kernel package from apt, cached after the first build);
+//! run with `cargo test --test vm -- --ignored vm_`. Each test fails (does not skip) when QEMU or
+//! root is missing. VMs run one at a time (two cores: parallel TCG guests would only be slower)
+//! and are killed on drop, also when a test fails.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic with context
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+const NETWORK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/seed-mesh.toml");
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn tmp() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+}
+
+/// Root and QEMU, or a failed test that says what is missing.
+fn require_vm_tier() {
+    let uid = fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(1);
+    assert_eq!(uid, 0, "the vm tier needs root");
+    let qemu = Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        qemu,
+        "the vm tier needs qemu-system-x86_64: apt-get install --no-install-recommends qemu-system-x86"
+    );
+}
+
+/// One VM at a time.
+fn vm_lock() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Build the seed mesh's image once per test run (kernel and device binary are cached).
+fn image() -> &'static Path {
+    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let out = tmp().join("vm-image");
+        let mut opts = sitelink_image::BuildOptions::new(NETWORK, &out);
+        opts.keys = Some(tmp().join("vm-keys"));
+        let report = sitelink_image::build(&opts).unwrap_or_else(|e| panic!("image build: {e}"));
+        eprint!("{report}");
+        out
+    })
+}
+
+/// A VM's serial console, as text so far.
+type Console = Arc<Mutex<String>>;
+
+fn pump(mut from: impl Read + Send + 'static, to: Console) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            to.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+}
+
+/// The accelerator: KVM if a guest kernel really runs under it, else TCG (said once).
+fn accel() -> &'static str {
+    static ACCEL: OnceLock<&'static str> = OnceLock::new();
+    ACCEL.get_or_init(|| {
+        match std::env::var("SITELINK_QEMU_ACCEL").as_deref() {
+            Ok("kvm") => return "kvm",
+            Ok("tcg") => return "tcg",
+            _ => {}
+        }
+        if !Path::new("/dev/kvm").exists() {
+            eprintln!("vm: no /dev/kvm; using TCG");
+            return "tcg";
+        }
+        // /dev/kvm can exist while guests die early ("KVM internal error"): boot for real.
+        let vm = Vm::start_with("kvm", None, "kvm-probe");
+        let ok = vm.wait_for("Run /init", Duration::from_secs(5)).is_ok()
+            && !vm.console().contains("KVM internal error");
+        if ok {
+            "kvm"
+        } else {
+            eprintln!("vm: KVM does not boot a guest kernel here (no console output or \"KVM internal error\"); falling back to TCG (-accel tcg)");
+            "tcg"
+        }
+    })
+}
+
+/// A QEMU process; killed on drop.
+struct Vm {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    console: Console,
+    qmp: PathBuf,
+    started: Instant,
+    name: String,
+}
+
+impl Vm {
+    /// Boot the image with `disk` as a virtio disk, no NIC.
+    fn start(disk: Option<&Path>, name: &str) -> Vm {
+        Vm::start_with(accel(), disk, name)
+    }
+
+    fn start_with(accel: &str, disk: Option<&Path>, name: &str) -> Vm {
+        let img = image();
+        let qmp = tmp().join(format!("{name}.qmp"));
+        let _ = fs::remove_file(&qmp);
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(["-accel", accel, "-m", "512", "-kernel"])
+            .arg(img.join("vmlinuz"))
+            .arg("-initrd")
+            .arg(img.join("initramfs.img"))
+            .args(["-nic", "none", "-append", "console=ttyS0"])
+            .args(["-display", "none", "-serial", "stdio", "-monitor", "none"])
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", qmp.display()));
+        if let Some(d) = disk {
+            cmd.arg("-drive")
+                .arg(format!("file={},format=raw,if=virtio", d.display()));
+        }
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        eprintln!("vm {name}: {cmd:?}");
+        let started = Instant::now();
+        let mut child = cmd.spawn().expect("start qemu-system-x86_64");
+        let console = Console::default();
+        pump(child.stdout.take().unwrap(), console.clone());
+        pump(child.stderr.take().unwrap(), console.clone());
+        Vm {
+            stdin: child.stdin.take(),
+            child,
+            console,
+            qmp,
+            started,
+            name: name.to_owned(),
+        }
+    }
+
+    fn console(&self) -> String {
+        self.console
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Wait until the console holds `needle` `count` times; the time since QEMU started.
+    fn wait_count(
+        &self,
+        needle: &str,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<Duration, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.console().matches(needle).count() >= count {
+                return Ok(self.started.elapsed());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "vm {}: no {needle:?} (x{count}) on the console within {timeout:?}; console:\n{}",
+                    self.name,
+                    self.console()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn wait_for(&self, needle: &str, timeout: Duration) -> Result<Duration, String> {
+        self.wait_count(needle, 1, timeout)
+    }
+
+    fn expect(&self, needle: &str, timeout: Duration) -> Duration {
+        self.wait_for(needle, timeout)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Type a line on the serial console.
+    fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("console input");
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .and_then(|()| stdin.flush())
+            .expect("write to the console");
+    }
+
+    /// Run one QMP command (after the capabilities handshake); its answer line.
+    fn qmp(&self, command: &str) -> String {
+        let mut s = UnixStream::connect(&self.qmp).expect("connect to QMP");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut line = String::new();
+        r.read_line(&mut line).expect("QMP greeting");
+        let mut answer = |cmd: &str| {
+            writeln!(s, "{{\"execute\": \"{cmd}\"}}").expect("QMP write");
+            loop {
+                let mut l = String::new();
+                r.read_line(&mut l).expect("QMP answer");
+                if l.contains("\"return\"") || l.contains("\"error\"") || l.is_empty() {
+                    return l;
+                }
+            }
+        };
+        answer("qmp_capabilities");
+        answer(command)
+    }
+
+    /// Wait for QEMU to exit; its status.
+    fn wait_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().map_err(|e| e.to_string())? {
+                return Ok(st);
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "vm {}: QEMU still running after {timeout:?}; console:\n{}",
+                    self.name,
+                    self.console()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_file(&self.qmp);
+    }
+}
+
+/// A private copy of a site's config disk (QEMU locks the file it boots from).
+fn disk_copy(site: &str, test: &str) -> PathBuf {
+    let from = image().join("sites").join(format!("{site}.cidata.img"));
+    let to = tmp().join(format!("{test}-{site}.cidata.img"));
+    fs::copy(&from, &to).expect("copy the config disk");
+    to
+}
+
+#[test]
+#[ignore = "vm tier: needs root and QEMU"]
+fn vm_boot_ready_without_nic() {
+    require_vm_tier();
+    let _one = vm_lock();
+    let disk = disk_copy("aws", "ready");
+    let vm = Vm::start(Some(&disk), "ready");
+    let took = vm.expect("sitelink: ready site=aws", READY_TIMEOUT);
+    eprintln!(
+        "vm ready: QEMU start to `sitelink: ready site=aws` in {:.2} s ({})",
+        took.as_secs_f64(),
+        accel()
+    );
+    let console = vm.console();
+    assert!(console.contains("config for site aws"), "{console}");
+    assert!(!console.contains("Kernel panic"), "{console}");
+}
+
+#[test]
+#[ignore = "vm tier: needs root and QEMU"]
+fn vm_broken_config_stays_up() {
+    require_vm_tier();
+    let _one = vm_lock();
+    let key = fs::read(tmp().join("vm-keys/aws.key")).unwrap_or_default();
+    let broken = sitelink_image::cidata::disk(
+        "broken",
+        &[
+            (
+                "site.toml",
+                b"format = 1\nnetwork = \"seed-mesh\"\nsite = 7\n",
+            ),
+            ("site.key", &key),
+        ],
+    )
+    .unwrap();
+    let disk = tmp().join("broken.cidata.img");
+    fs::write(&disk, broken).unwrap();
+    let vm = Vm::start(Some(&disk), "broken");
+    vm.expect("sitelink: invalid config on /dev/vda", READY_TIMEOUT);
+    // The validator's message: FILE:LINE:COL: field: message.
+    vm.expect("/run/sitelink-config/site.toml:3:", Duration::from_secs(5));
+    vm.expect("waiting for a valid config", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_secs(5));
+    let console = vm.console();
+    assert!(!console.contains("Kernel panic"), "{console}");
+    assert!(!console.contains("sitelink: ready"), "{console}");
+    // The init still answers on the console.
+    let mut vm = vm;
+    vm.send("status");
+    vm.expect("ready: false; config: none", Duration::from_secs(10));
+}
+
+#[test]
+#[ignore = "vm tier: needs root and QEMU"]
+fn vm_service_restarted_after_kill() {
+    require_vm_tier();
+    let _one = vm_lock();
+    let disk = disk_copy("gcp", "restart");
+    let mut vm = Vm::start(Some(&disk), "restart");
+    vm.expect("sitelink: ready site=gcp", READY_TIMEOUT);
+    vm.send("kill site");
+    vm.expect("site: killed by signal 9", Duration::from_secs(10));
+    vm.wait_count("site: started (pid", 2, Duration::from_secs(15))
+        .unwrap_or_else(|e| panic!("{e}"));
+    vm.wait_count("3 tunnel interfaces up", 2, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}"));
+    vm.send("status");
+    vm.expect("site: running", Duration::from_secs(10));
+    vm.expect("1 restarts", Duration::from_secs(1));
+}
+
+#[test]
+#[ignore = "vm tier: needs root and QEMU"]
+fn vm_powerdown_clean() {
+    require_vm_tier();
+    let _one = vm_lock();
+    let disk = disk_copy("azure", "powerdown");
+    let mut vm = Vm::start(Some(&disk), "powerdown");
+    vm.expect("sitelink: ready site=azure", READY_TIMEOUT);
+    let asked = Instant::now();
+    let answer = vm.qmp("system_powerdown");
+    assert!(answer.contains("\"return\""), "QMP: {answer}");
+    vm.expect("shutting down (power button)", Duration::from_secs(15));
+    vm.expect("sitelink: power off", Duration::from_secs(15));
+    let status = vm
+        .wait_exit(Duration::from_secs(15))
+        .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "vm powerdown: QEMU exited {status} {:.2} s after system_powerdown",
+        asked.elapsed().as_secs_f64()
+    );
+    let console = vm.console();
+    assert!(status.success(), "QEMU exit {status}; console:\n{console}");
+    assert!(console.contains("site: exited with code 0"), "{console}");
+    assert!(!console.contains("Kernel panic"), "{console}");
+}
+
+#[test]
+#[ignore = "vm tier: needs root and QEMU"]
+fn vm_build_is_reproducible() {
+    require_vm_tier();
+    image();
+    let out = tmp().join("vm-image-again");
+    let mut opts = sitelink_image::BuildOptions::new(NETWORK, &out);
+    opts.keys = Some(tmp().join("vm-keys"));
+    sitelink_image::build(&opts).unwrap_or_else(|e| panic!("second build: {e}"));
+    for f in [
+        "initramfs.img",
+        "vmlinuz",
+        "sites/aws.cidata.img",
+        "sites/office.cidata.img",
+    ] {
+        let a = fs::read(image().join(f)).unwrap();
+        let b = fs::read(out.join(f)).unwrap();
+        assert!(a == b, "{f} differs between two builds of the same inputs");
+    }
+}
