@@ -86,6 +86,7 @@ fn which(program: &str) -> Option<PathBuf> {
 
 /// Namespaces, daemons and temp files of one implementation's run; removed on drop.
 struct Rig {
+    which: Impl,
     namespaces: Vec<String>,
     children: Vec<Child>,
     files: Vec<PathBuf>,
@@ -141,13 +142,8 @@ fn json_number_after(text: &str, anchor: &str, key: &str) -> Option<f64> {
     num.parse().ok()
 }
 
-/// The median of the `time=X ms` values of `ping` output (robust to scheduler outliers).
-fn median_rtt(ping: &str) -> Option<f64> {
-    let mut v: Vec<f64> = ping
-        .split_whitespace()
-        .filter_map(|w| w.strip_prefix("time="))
-        .filter_map(|t| t.parse().ok())
-        .collect();
+/// The median (robust to scheduler outliers on a shared machine).
+fn median(v: &mut [f64]) -> Option<f64> {
     if v.is_empty() {
         return None;
     }
@@ -235,11 +231,14 @@ fn daemon_command(which_impl: Impl, ns: &str, ifname: &str, sitelink_wg: &Path) 
     })
 }
 
-fn measure(which_impl: Impl, sitelink_wg: &Path, seconds: u32) -> Result<Measurement> {
+/// Two namespaces over a veth, `which_impl` on both ends, configured, handshake done.
+fn setup(which_impl: Impl, sitelink_wg: &Path) -> Result<Rig> {
     let tag = format!("{}{}", std::process::id() % 10000, which_impl as u8);
     let (na, nb) = (format!("bnA{tag}"), format!("bnB{tag}"));
     let (ia, ib) = (format!("bwA{tag}"), format!("bwB{tag}"));
+    let (va, vb) = (format!("vbA{tag}"), format!("vbB{tag}"));
     let mut rig = Rig {
+        which: which_impl,
         namespaces: Vec::new(),
         children: Vec::new(),
         files: Vec::new(),
@@ -250,11 +249,11 @@ fn measure(which_impl: Impl, sitelink_wg: &Path, seconds: u32) -> Result<Measure
         run(&mut ns_cmd(ns, "ip", &["link", "set", "lo", "up"]))?;
     }
     run(Command::new("ip").args([
-        "link", "add", "vbA", "netns", &na, "type", "veth", "peer", "name", "vbB", "netns", &nb,
+        "link", "add", &va, "netns", &na, "type", "veth", "peer", "name", &vb, "netns", &nb,
     ]))?;
     for (ns, dev, addr) in [
-        (&na, "vbA", "192.168.250.1/24"),
-        (&nb, "vbB", "192.168.250.2/24"),
+        (&na, va.as_str(), "192.168.250.1/24"),
+        (&nb, vb.as_str(), "192.168.250.2/24"),
     ] {
         run(&mut ns_cmd(ns, "ip", &["addr", "add", addr, "dev", dev]))?;
         run(&mut ns_cmd(ns, "ip", &["link", "set", dev, "up"]))?;
@@ -327,13 +326,27 @@ fn measure(which_impl: Impl, sitelink_wg: &Path, seconds: u32) -> Result<Measure
         &["-c", "3", "-i", "0.2", "-W", "3", "10.250.0.2"],
     ))
     .with_context(|| format!("{}: no connectivity through the tunnel", which_impl.label()))?;
-    let ping = run(&mut ns_cmd(
-        &na,
-        "ping",
-        &["-c", "200", "-i", "0.01", "10.250.0.2"],
-    ))?;
-    let rtt_ms = median_rtt(&ping).ok_or_else(|| anyhow!("cannot parse ping output: {ping}"))?;
+    Ok(rig)
+}
 
+/// RTT samples (ms) of `count` pings through the tunnel.
+fn ping_samples(rig: &Rig, count: u32) -> Result<Vec<f64>> {
+    let c = count.to_string();
+    let ping = run(&mut ns_cmd(
+        &rig.namespaces[0],
+        "ping",
+        &["-c", &c, "-i", "0.01", "10.250.0.2"],
+    ))?;
+    Ok(ping
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("time="))
+        .filter_map(|t| t.parse().ok())
+        .collect())
+}
+
+/// iperf3 single-stream and 4-stream runs; returns (Mbit/s 1, Mbit/s 4, CPU s per GB).
+fn throughput(rig: &mut Rig, seconds: u32) -> Result<(f64, f64, f64)> {
+    let (na, nb) = (rig.namespaces[0].clone(), rig.namespaces[1].clone());
     let server = ns_cmd(&nb, "iperf3", &["-s"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -361,16 +374,12 @@ fn measure(which_impl: Impl, sitelink_wg: &Path, seconds: u32) -> Result<Measure
         results.push(bps / 1e6);
         std::thread::sleep(Duration::from_millis(300));
     }
-    Ok(Measurement {
-        single_mbps: results[0],
-        multi_mbps: results[1],
-        rtt_ms,
-        cpu_s_per_gb: if bytes_total > 0.0 {
-            cpu_total / (bytes_total / 1e9)
-        } else {
-            0.0
-        },
-    })
+    let cpu_per_gb = if bytes_total > 0.0 {
+        cpu_total / (bytes_total / 1e9)
+    } else {
+        0.0
+    };
+    Ok((results[0], results[1], cpu_per_gb))
 }
 
 /// Runs the data-plane benchmark and prints the table to stdout. `router_bin` is the
@@ -384,13 +393,39 @@ pub fn dataplane(router_bin: Option<&Path>, seconds: u32) -> Result<()> {
     let link = dir.join("sitelink-wg");
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(&router, &link)?;
-    let mut rows = Vec::new();
-    for which_impl in [Impl::SitelinkWg, Impl::WireguardGo, Impl::BoringtunCli] {
-        eprintln!("bench: measuring {}", which_impl.label());
-        let m = measure(which_impl, &link, seconds)
-            .with_context(|| format!("benchmark of {}", which_impl.label()))?;
-        rows.push((which_impl, m));
+    let impls = [Impl::SitelinkWg, Impl::WireguardGo, Impl::BoringtunCli];
+    let mut rigs = Vec::new();
+    for which_impl in impls {
+        eprintln!("bench: setting up {}", which_impl.label());
+        rigs.push(
+            setup(which_impl, &link)
+                .with_context(|| format!("benchmark of {}", which_impl.label()))?,
+        );
     }
+    // RTT first, interleaved in rounds, so background load on the machine hits all alike.
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); rigs.len()];
+    for _round in 0..5 {
+        for (i, rig) in rigs.iter().enumerate() {
+            samples[i].extend(ping_samples(rig, 40)?);
+        }
+    }
+    let mut rows = Vec::new();
+    for (i, rig) in rigs.iter_mut().enumerate() {
+        eprintln!("bench: iperf3 through {}", rig.which.label());
+        let (single_mbps, multi_mbps, cpu_s_per_gb) = throughput(rig, seconds)
+            .with_context(|| format!("benchmark of {}", rig.which.label()))?;
+        let rtt_ms = median(&mut samples[i]).unwrap_or(0.0);
+        rows.push((
+            rig.which,
+            Measurement {
+                single_mbps,
+                multi_mbps,
+                rtt_ms,
+                cpu_s_per_gb,
+            },
+        ));
+    }
+    drop(rigs);
     let _ = std::fs::remove_dir_all(&dir);
     print!("{}", render_table(&rows, seconds));
     Ok(())
@@ -406,7 +441,7 @@ fn render_table(rows: &[(Impl, Measurement)], seconds: u32) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "Data plane: iperf3 TCP through a WireGuard tunnel between two netns over a veth, same implementation on both ends, {seconds} s per run, {} CPUs", std::thread::available_parallelism().map_or(0, |n| n.get()));
     let _ = writeln!(s);
-    let _ = writeln!(s, "| implementation | 1 stream Mbit/s | vs wireguard-go | 4 streams Mbit/s | vs wireguard-go | ping RTT ms (median of 200) | CPU s/GB |");
+    let _ = writeln!(s, "| implementation | 1 stream Mbit/s | vs wireguard-go | 4 streams Mbit/s | vs wireguard-go | ping RTT ms (median of 200, interleaved) | CPU s/GB |");
     let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|");
     for (i, m) in rows {
         let _ = writeln!(
