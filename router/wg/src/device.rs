@@ -806,6 +806,7 @@ fn timers(shared: &Shared) {
     let mut last_reset = Instant::now();
     let sock_ino = std::fs::metadata(&shared.socket_path).map(|m| m.ino()).ok();
     let sys_path = PathBuf::from(format!("/sys/class/net/{}", shared.name));
+    let mut delayed: Vec<(Instant, Vec<u8>, SocketAddr, Arc<Peer>)> = Vec::new();
     while !shared.stop.load(Ordering::Relaxed) {
         std::thread::sleep(TICK);
         view.refresh(shared);
@@ -820,6 +821,15 @@ fn timers(shared: &Shared) {
             }
         }
         let mut sends: Vec<(Vec<u8>, SocketAddr)> = Vec::new();
+        let now = Instant::now();
+        delayed.retain(|(due, p, ep, peer)| {
+            if *due > now {
+                return true;
+            }
+            peer.tx_bytes.fetch_add(p.len() as u64, Ordering::Relaxed);
+            sends.push((p.clone(), *ep));
+            false
+        });
         for peer in snap.by_id.values() {
             let mut inner = peer.lock();
             let endpoint = inner.endpoint;
@@ -831,6 +841,13 @@ fn timers(shared: &Shared) {
             };
             let mut out = Vec::new();
             match tunn.update_timers(&mut buf) {
+                // Handshake retries and rekeys go out after a random 0-333 ms, as the protocol
+                // asks, so peers that lost contact together do not retry in lock step.
+                TunnResult::WriteToNetwork(p) if p.first() == Some(&MSG_INIT) => {
+                    if let Some(ep) = endpoint {
+                        delayed.push((Instant::now() + jitter(), p.to_vec(), ep, peer.clone()));
+                    }
+                }
                 TunnResult::WriteToNetwork(p) => out.push(p.to_vec()),
                 TunnResult::Err(e) => log::trace!("{}: timers: {e:?}", shared.name),
                 _ => {}
@@ -868,6 +885,12 @@ fn timers(shared: &Shared) {
             request_stop(shared, StopReason::SocketRemoved);
         }
     }
+}
+
+/// A random delay of 0-333 ms (handshake retry jitter).
+fn jitter() -> Duration {
+    use rand_core::RngCore;
+    Duration::from_millis(u64::from(rand_core::OsRng.next_u32() % 334))
 }
 
 /// Sends a keepalive (and so a handshake initiation when there is no session) at once.
