@@ -22,6 +22,7 @@ use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 
 use crate::allowed_ips::AllowedIps;
+use crate::offload;
 use crate::state::{DeviceState, Host, Peer, StaticKeys};
 use crate::sys;
 use crate::uapi::{self, Request};
@@ -137,6 +138,8 @@ struct Shared {
     ipv6_warned: AtomicBool,
     /// Whether UDP GSO works on this socket (cleared on the first EIO/EINVAL).
     gso: AtomicBool,
+    /// Whether TUN reads and writes carry a `virtio_net_hdr` (TSO/checksum offload on).
+    vnet: bool,
 }
 
 /// A running interface.
@@ -160,6 +163,7 @@ impl std::fmt::Debug for Shared {
 pub struct Prepared {
     name: String,
     tun: File,
+    vnet: bool,
     sock: UdpSocket,
     dual_stack: bool,
     listener: UnixListener,
@@ -207,10 +211,12 @@ impl Prepared {
                 path,
             });
         }
-        let tun = sys::tun_create(name).map_err(|source| StartDeviceError::CreateTun {
-            name: name.into(),
-            source,
-        })?;
+        let want_offload = std::env::var_os("SITELINK_WG_NO_OFFLOAD").is_none();
+        let (tun, vnet) =
+            sys::tun_create(name, want_offload).map_err(|source| StartDeviceError::CreateTun {
+                name: name.into(),
+                source,
+            })?;
         sys::set_mtu(name, DEFAULT_MTU).map_err(|source| StartDeviceError::SetMtu {
             name: name.into(),
             mtu: DEFAULT_MTU,
@@ -238,6 +244,7 @@ impl Prepared {
         Ok(Prepared {
             name: name.into(),
             tun,
+            vnet,
             sock,
             dual_stack,
             listener,
@@ -250,6 +257,7 @@ impl Prepared {
         let Prepared {
             name,
             tun,
+            vnet,
             sock,
             dual_stack,
             listener,
@@ -275,6 +283,7 @@ impl Prepared {
             mtu: AtomicU32::new(DEFAULT_MTU),
             ipv6_warned: AtomicBool::new(!dual_stack),
             gso: AtomicBool::new(std::env::var_os("SITELINK_WG_NO_GSO").is_none()),
+            vnet,
         });
         sys::set_nonblocking(shared.tun.as_raw_fd()).map_err(|source| {
             StartDeviceError::CreateTun {
@@ -492,27 +501,73 @@ fn tun_to_udp(shared: &Shared) {
 /// Buffers for reading a batch of packets from the TUN and sending them encrypted.
 struct TxBatch {
     inbuf: Vec<u8>,
-    outbufs: Vec<Vec<u8>>,
-    out_meta: Vec<(usize, SocketAddr)>,
+    scratch: Vec<u8>,
+    out: TxOut,
+}
+
+/// Encrypted datagrams waiting for one `sendmmsg`.
+struct TxOut {
+    bufs: Vec<Vec<u8>>,
+    meta: Vec<(usize, SocketAddr)>,
+}
+
+impl TxOut {
+    /// Encrypts one plain IP packet for the peer that owns its destination and queues it,
+    /// sending the queue first when it is full.
+    fn push(&mut self, shared: &Shared, snap: &Snapshot, pkt: &[u8]) {
+        let Some(dst) = Tunn::dst_address(pkt) else {
+            return;
+        };
+        let Some(peer) = snap.table.lookup(dst).and_then(|id| snap.by_id.get(&id)) else {
+            return;
+        };
+        if self.meta.len() == self.bufs.len() {
+            flush(snap, shared, &self.bufs, &self.meta);
+            self.meta.clear();
+        }
+        let slot = self.meta.len();
+        let mut inner = peer.lock();
+        let Some(endpoint) = inner.endpoint else {
+            return;
+        };
+        let Some(tunn) = inner.tunn.as_mut() else {
+            return;
+        };
+        if let TunnResult::WriteToNetwork(p) = tunn.encapsulate(pkt, &mut self.bufs[slot]) {
+            let len = p.len();
+            inner.last_tx = Instant::now();
+            drop(inner);
+            peer.tx_bytes.fetch_add(len as u64, Ordering::Relaxed);
+            self.meta.push((len, endpoint));
+        }
+    }
 }
 
 impl TxBatch {
     fn new() -> TxBatch {
         TxBatch {
-            inbuf: vec![0u8; MAX_PACKET],
-            outbufs: (0..BATCH).map(|_| vec![0u8; MAX_PACKET + 32]).collect(),
-            out_meta: Vec::with_capacity(BATCH),
+            inbuf: vec![0u8; MAX_PACKET + offload::VNET_HDR_LEN],
+            scratch: Vec::with_capacity(MAX_PACKET),
+            out: TxOut {
+                bufs: (0..BATCH).map(|_| vec![0u8; MAX_PACKET + 32]).collect(),
+                meta: Vec::with_capacity(BATCH),
+            },
         }
     }
 
-    /// Reads every packet queued on the (non-blocking) TUN, up to a batch, encrypts each with
-    /// its peer's session and sends them with one `sendmmsg`. Returns a read error other than
-    /// "would block".
+    /// Reads every packet queued on the (non-blocking) TUN, up to a batch, cuts TSO
+    /// super-packets into segments, encrypts each with its peer's session and sends them with
+    /// as few `sendmmsg` calls as possible. Returns a read error other than "would block".
     fn drain(&mut self, shared: &Shared, snap: &Snapshot) -> Option<io::Error> {
-        self.out_meta.clear();
+        let TxBatch {
+            inbuf,
+            scratch,
+            out,
+        } = self;
+        out.meta.clear();
         let mut read_err = None;
-        while self.out_meta.len() < BATCH {
-            let n = match (&shared.tun).read(&mut self.inbuf) {
+        for _ in 0..BATCH {
+            let n = match (&shared.tun).read(inbuf) {
                 Ok(n) => n,
                 Err(e) => {
                     if e.kind() != io::ErrorKind::WouldBlock {
@@ -521,30 +576,20 @@ impl TxBatch {
                     break;
                 }
             };
-            let pkt = &self.inbuf[..n];
-            let Some(dst) = Tunn::dst_address(pkt) else {
+            if !shared.vnet {
+                out.push(shared, snap, &inbuf[..n]);
+                continue;
+            }
+            let Some(hdr) = offload::VnetHdr::parse(&inbuf[..n]) else {
                 continue;
             };
-            let Some(peer) = snap.table.lookup(dst).and_then(|id| snap.by_id.get(&id)) else {
-                continue;
-            };
-            let slot = self.out_meta.len();
-            let mut inner = peer.lock();
-            let Some(endpoint) = inner.endpoint else {
-                continue;
-            };
-            let Some(tunn) = inner.tunn.as_mut() else {
-                continue;
-            };
-            if let TunnResult::WriteToNetwork(p) = tunn.encapsulate(pkt, &mut self.outbufs[slot]) {
-                let len = p.len();
-                inner.last_tx = Instant::now();
-                drop(inner);
-                peer.tx_bytes.fetch_add(len as u64, Ordering::Relaxed);
-                self.out_meta.push((len, endpoint));
+            let pkt = &mut inbuf[offload::VNET_HDR_LEN..n];
+            if let Err(e) = offload::split(&hdr, pkt, scratch, |seg| out.push(shared, snap, seg)) {
+                log::debug!("{}: dropped offloaded packet: {e}", shared.name);
             }
         }
-        flush(snap, shared, &self.outbufs, &self.out_meta);
+        flush(snap, shared, &out.bufs, &out.meta);
+        out.meta.clear();
         read_err
     }
 }
@@ -623,7 +668,14 @@ fn udp_to_tun(shared: &Shared) {
             };
             let mut to_tun = |pkt: &[u8]| {
                 wrote_tun = true;
-                if let Err(e) = (&shared.tun).write(pkt) {
+                let res = if shared.vnet {
+                    // No offload on what we write: an all-zero virtio_net_hdr first.
+                    let hdr = [0u8; offload::VNET_HDR_LEN];
+                    (&shared.tun).write_vectored(&[io::IoSlice::new(&hdr), io::IoSlice::new(pkt)])
+                } else {
+                    (&shared.tun).write(pkt)
+                };
+                if let Err(e) = res {
                     log::debug!("{}: TUN write: {e}", shared.name);
                 }
             };

@@ -8,6 +8,7 @@
 pub mod allowed_ips;
 pub mod cli;
 pub mod device;
+pub mod offload;
 pub mod state;
 mod sys;
 pub mod uapi;

@@ -46,9 +46,17 @@ fn ifname(name: &str) -> io::Result<[libc::c_char; libc::IFNAMSIZ]> {
     Ok(out)
 }
 
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+const TUN_F_CSUM: libc::c_ulong = 0x01;
+const TUN_F_TSO4: libc::c_ulong = 0x02;
+const TUN_F_TSO6: libc::c_ulong = 0x04;
+
 /// Opens `/dev/net/tun` and attaches it to (creating if needed) the TUN interface `name`,
-/// without packet information headers.
-pub fn tun_create(name: &str) -> io::Result<File> {
+/// without packet information headers. With `vnet_hdr`, every read and write carries a
+/// `struct virtio_net_hdr` and the kernel may hand us TCP super-packets and partial checksums
+/// (`TUNSETOFFLOAD` CSUM|TSO4|TSO6); returns whether the offloads are on.
+pub fn tun_create(name: &str, vnet_hdr: bool) -> io::Result<(File, bool)> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -56,7 +64,7 @@ pub fn tun_create(name: &str) -> io::Result<File> {
         .open("/dev/net/tun")?;
     let mut req = IfReqFlags {
         name: ifname(name)?,
-        flags: IFF_TUN | IFF_NO_PI,
+        flags: IFF_TUN | IFF_NO_PI | if vnet_hdr { IFF_VNET_HDR } else { 0 },
         _pad: [0; 22],
     };
     // SAFETY: `file` is an open /dev/net/tun descriptor and `req` is a properly sized,
@@ -65,7 +73,18 @@ pub fn tun_create(name: &str) -> io::Result<File> {
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(file)
+    if !vnet_hdr {
+        return Ok((file, false));
+    }
+    // SAFETY: TUNSETOFFLOAD takes its argument by value; no memory is passed.
+    let rc = unsafe {
+        libc::ioctl(
+            file.as_raw_fd(),
+            TUNSETOFFLOAD,
+            TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6,
+        )
+    };
+    Ok((file, rc == 0))
 }
 
 fn ctl_socket() -> io::Result<OwnedFd> {

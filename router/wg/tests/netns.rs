@@ -275,6 +275,45 @@ fn netns_ipv6_outer_and_inner() {
     p.b.ping(host(&p.a.inner), 3).expect("ping6 b -> a");
     let show = p.a.wg(&["show", &p.a.ifname, "endpoints"]);
     assert!(show.contains("[fd77::2]:51821"), "{show}");
+    // TCP over IPv6 inside: exercises TSO6 segmentation on our side.
+    let out = iperf(&p.a, &p.b, 2);
+    assert!(out.contains("receiver"), "{out}");
+}
+
+#[test]
+#[ignore = "netns tier: needs root"]
+fn netns_persistent_keepalive_handshakes_at_once() {
+    require_root();
+    let na = Netns::new("ka").expect("netns a");
+    let nb = Netns::new("kb").expect("netns b");
+    let (va, vb) = (unique_name("va"), unique_name("vb"));
+    veth_pair(&na, &va, &nb, &vb).expect("veth");
+    na.addr_up(&va, "192.168.79.1/24").expect("outer a");
+    nb.addr_up(&vb, "192.168.79.2/24").expect("outer b");
+    let a = new_site(na, Some(Impl::Sitelink), "192.168.79.1/24", "10.81.0.1/24");
+    let b = new_site(
+        nb,
+        Some(Impl::WireguardGo),
+        "192.168.79.2/24",
+        "10.81.0.2/24",
+    );
+    configure(&b, &a, 51821, 51820);
+    configure(&a, &b, 51820, 51821);
+    // No traffic at all: setting a persistent keepalive must start a handshake at once (D1),
+    // not after the first 25 s interval.
+    a.wg(&[
+        "set",
+        &a.ifname,
+        "peer",
+        &b.public,
+        "persistent-keepalive",
+        "25",
+    ]);
+    wait_until(Duration::from_secs(3), || {
+        let hs = b.wg(&["show", &b.ifname, "latest-handshakes"]);
+        hs.split_whitespace().nth(1).is_some_and(|t| t != "0")
+    })
+    .expect("handshake within 3 s of enabling persistent keepalive");
 }
 
 #[test]
