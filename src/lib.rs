@@ -10,6 +10,7 @@ use sitelink_config::network::{self, Network};
 use sitelink_config::site;
 
 pub mod bench;
+mod build;
 mod import;
 pub mod lab;
 pub use import::import_wg;
@@ -201,5 +202,20 @@ pub fn keys_init(path: &Path, out: &Path, rotate: Option<&str>) -> Result<()> {
 pub fn bench_routes(routes: usize) -> Result<()> {
     let report = sitelink_routes::bench(routes)?;
     print!("{report}");
+    Ok(())
+}
+
+/// `sitelink build NETWORK.toml --out DIR ...`: validates first (diagnostics as `validate`
+/// prints them), then runs the image pipeline.
+pub fn build_image(
+    network: &Path,
+    out: &Path,
+    profile: &str,
+    format: &str,
+    kernel_deb: Option<&Path>,
+    keys: Option<&Path>,
+) -> Result<()> {
+    load_network(network)?;
+    build::build(network, out, profile, format, kernel_deb, keys)?;
     Ok(())
 }

@@ -27,6 +27,25 @@ enum Command {
         #[arg(long)]
         keys: Option<PathBuf>,
     },
+    /// Build the firmware: kernel + initramfs (the generic image) and a config disk per site.
+    Build {
+        network: PathBuf,
+        /// Output directory: vmlinuz, initramfs.img, sites/<site>.cidata.img.
+        #[arg(long)]
+        out: PathBuf,
+        /// `cloud` (Debian's cloud kernel, for VMs) or `metal` (generic kernel + NIC drivers).
+        #[arg(long, default_value = "cloud")]
+        profile: String,
+        /// Output format; `kernel-initrd` is the one that exists.
+        #[arg(long, default_value = "kernel-initrd")]
+        format: String,
+        /// Use this linux-image .deb instead of fetching one with apt-get download.
+        #[arg(long, value_name = "PATH")]
+        kernel_deb: Option<PathBuf>,
+        /// Keystore directory (default OUT/keys, created with `keys init` semantics).
+        #[arg(long, value_name = "DIR")]
+        keys: Option<PathBuf>,
+    },
     /// Manage the sites' WireGuard keys.
     Keys {
         #[command(subcommand)]
@@ -153,6 +172,21 @@ fn main() -> ExitCode {
             site,
             keys,
         } => sitelink::render(&network, &site, keys.as_deref()),
+        Command::Build {
+            network,
+            out,
+            profile,
+            format,
+            kernel_deb,
+            keys,
+        } => sitelink::build_image(
+            &network,
+            &out,
+            &profile,
+            &format,
+            kernel_deb.as_deref(),
+            keys.as_deref(),
+        ),
         Command::Keys {
             command:
                 KeysCommand::Init {
