@@ -13,7 +13,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -34,6 +34,13 @@ pub const SOCKET_DIR: &str = "/var/run/wireguard";
 
 const MAX_PACKET: usize = 65536;
 const BATCH: usize = 64;
+/// Load is measured in windows of this length (see [`LoadMeter`]).
+const LOAD_WINDOW: Duration = Duration::from_millis(20);
+/// More packets than this in one window: heavy load, two data threads (~5,000 packets/s).
+const HEAVY_PER_WINDOW: usize = 100;
+/// Fewer than this for `QUIET_WINDOWS` windows in a row: back to light load.
+const LIGHT_PER_WINDOW: usize = 25;
+const QUIET_WINDOWS: u32 = 10;
 /// Receive batches up to this size count as light load (see `udp_to_tun`).
 const LATENCY_BATCH: usize = 4;
 const TICK: Duration = Duration::from_millis(100);
@@ -140,6 +147,13 @@ struct Shared {
     gso: AtomicBool,
     /// Whether TUN reads and writes carry a `virtio_net_hdr` (TSO/checksum offload on).
     vnet: bool,
+    /// Heavy load: the TUN thread reads the TUN. Light load: the receive thread polls the TUN
+    /// too and does everything itself (no cross-thread wake-ups, lowest latency).
+    heavy: AtomicBool,
+    /// The receive thread is in light mode and polling the TUN.
+    udp_polls_tun: AtomicBool,
+    mode_lock: Mutex<()>,
+    mode_cv: Condvar,
 }
 
 /// A running interface.
@@ -284,6 +298,10 @@ impl Prepared {
             ipv6_warned: AtomicBool::new(!dual_stack),
             gso: AtomicBool::new(std::env::var_os("SITELINK_WG_NO_GSO").is_none()),
             vnet,
+            heavy: AtomicBool::new(false),
+            udp_polls_tun: AtomicBool::new(false),
+            mode_lock: Mutex::new(()),
+            mode_cv: Condvar::new(),
         });
         sys::set_nonblocking(shared.tun.as_raw_fd()).map_err(|source| {
             StartDeviceError::CreateTun {
@@ -476,10 +494,28 @@ fn tun_to_udp(shared: &Shared) {
     let fd = shared.tun.as_raw_fd();
     let mut view = View::new(shared);
     let mut tx = TxBatch::new();
+    let mut meter = LoadMeter::new();
+    let mut quiet = 0;
     while !shared.stop.load(Ordering::Relaxed) {
-        match sys::poll_readable(fd, Duration::from_millis(500)) {
+        if !shared.heavy.load(Ordering::Acquire) && shared.udp_polls_tun.load(Ordering::Acquire) {
+            // Light load and the receive thread has the TUN: sleep until heavy load.
+            let guard = lock(&shared.mode_lock);
+            let _ = shared
+                .mode_cv
+                .wait_timeout_while(guard, Duration::from_secs(1), |_| {
+                    !shared.heavy.load(Ordering::Acquire) && !shared.stop.load(Ordering::Relaxed)
+                });
+            quiet = 0;
+            continue;
+        }
+        match sys::poll_readable(fd, Duration::from_millis(50)) {
             Ok(true) => {}
-            Ok(false) => continue,
+            Ok(false) => {
+                if let Some(count) = meter.add(0) {
+                    quiet = note_quiet(shared, count, quiet);
+                }
+                continue;
+            }
             Err(e) => {
                 log::error!("{}: poll on TUN: {e}", shared.name);
                 std::thread::sleep(TICK);
@@ -488,13 +524,56 @@ fn tun_to_udp(shared: &Shared) {
         }
         view.refresh(shared);
         let snap = view.snap.clone();
-        if let Some(e) = tx.drain(shared, &snap) {
+        let (sent, err) = tx.drain(shared, &snap);
+        if let Some(count) = meter.add(sent) {
+            quiet = note_quiet(shared, count, quiet);
+        }
+        if let Some(e) = err {
             if e.raw_os_error() == Some(libc::EBADFD) {
                 request_stop(shared, StopReason::TunDeleted);
                 return;
             }
             log::debug!("{}: TUN read: {e}", shared.name);
         }
+    }
+}
+
+/// Counts quiet load windows on the TUN thread; after enough of them, hands the TUN back to
+/// the receive thread (light mode). Returns the new count.
+fn note_quiet(shared: &Shared, count: usize, quiet: u32) -> u32 {
+    if count >= LIGHT_PER_WINDOW {
+        return 0;
+    }
+    if quiet + 1 >= QUIET_WINDOWS && shared.heavy.swap(false, Ordering::AcqRel) {
+        log::debug!("{}: light load: one data thread", shared.name);
+    }
+    quiet + 1
+}
+
+/// Packets per [`LOAD_WINDOW`].
+struct LoadMeter {
+    start: Instant,
+    count: usize,
+}
+
+impl LoadMeter {
+    fn new() -> LoadMeter {
+        LoadMeter {
+            start: Instant::now(),
+            count: 0,
+        }
+    }
+
+    /// Adds `n` packets; when the window is over, returns its count and starts a new one.
+    fn add(&mut self, n: usize) -> Option<usize> {
+        self.count += n;
+        if self.start.elapsed() < LOAD_WINDOW {
+            return None;
+        }
+        let c = self.count;
+        self.count = 0;
+        self.start = Instant::now();
+        Some(c)
     }
 }
 
@@ -509,6 +588,8 @@ struct TxBatch {
 struct TxOut {
     bufs: Vec<Vec<u8>>,
     meta: Vec<(usize, SocketAddr)>,
+    /// Datagrams queued since the last `drain` started.
+    pushed: usize,
 }
 
 impl TxOut {
@@ -539,6 +620,7 @@ impl TxOut {
             drop(inner);
             peer.tx_bytes.fetch_add(len as u64, Ordering::Relaxed);
             self.meta.push((len, endpoint));
+            self.pushed += 1;
         }
     }
 }
@@ -551,20 +633,23 @@ impl TxBatch {
             out: TxOut {
                 bufs: (0..BATCH).map(|_| vec![0u8; MAX_PACKET + 32]).collect(),
                 meta: Vec::with_capacity(BATCH),
+                pushed: 0,
             },
         }
     }
 
     /// Reads every packet queued on the (non-blocking) TUN, up to a batch, cuts TSO
     /// super-packets into segments, encrypts each with its peer's session and sends them with
-    /// as few `sendmmsg` calls as possible. Returns a read error other than "would block".
-    fn drain(&mut self, shared: &Shared, snap: &Snapshot) -> Option<io::Error> {
+    /// as few `sendmmsg` calls as possible. Returns the number of datagrams sent and a read
+    /// error other than "would block".
+    fn drain(&mut self, shared: &Shared, snap: &Snapshot) -> (usize, Option<io::Error>) {
         let TxBatch {
             inbuf,
             scratch,
             out,
         } = self;
         out.meta.clear();
+        out.pushed = 0;
         let mut read_err = None;
         for _ in 0..BATCH {
             let n = match (&shared.tun).read(inbuf) {
@@ -590,7 +675,7 @@ impl TxBatch {
         }
         flush(snap, shared, &out.bufs, &out.meta);
         out.meta.clear();
-        read_err
+        (out.pushed, read_err)
     }
 }
 
@@ -641,10 +726,33 @@ fn udp_to_tun(shared: &Shared) {
     let mut out = vec![0u8; MAX_PACKET];
     let mut replies: Vec<(Vec<u8>, SocketAddr)> = Vec::new();
     let mut tx = TxBatch::new();
+    let mut meter = LoadMeter::new();
     while !shared.stop.load(Ordering::Relaxed) {
         let mut wrote_tun = false;
         view.refresh(shared);
         let snap = view.snap.clone();
+        let mut light_sent = 0;
+        if !shared.heavy.load(Ordering::Acquire) {
+            // Light load: this thread serves the TUN as well.
+            shared.udp_polls_tun.store(true, Ordering::Release);
+            let polled = sys::poll_readable2(
+                snap.sock.as_raw_fd(),
+                shared.tun.as_raw_fd(),
+                Duration::from_millis(200),
+            );
+            let (udp_ready, tun_ready) = polled.unwrap_or((false, false));
+            if tun_ready {
+                light_sent = tx.drain(shared, &snap).0;
+            }
+            if !udp_ready {
+                if let Some(count) = meter.add(light_sent) {
+                    go_heavy_if_busy(shared, count);
+                }
+                continue;
+            }
+        } else {
+            shared.udp_polls_tun.store(false, Ordering::Release);
+        }
         let n = match sys::recv_batch(snap.sock.as_raw_fd(), &mut bufs, &mut meta) {
             Ok(n) => n,
             Err(e) => {
@@ -698,14 +806,32 @@ fn udp_to_tun(shared: &Shared) {
         for (data, to) in replies.drain(..) {
             send_one(&snap, shared, &data, to);
         }
-        if wrote_tun && datagrams <= LATENCY_BATCH {
+        let mut answered = 0;
+        if wrote_tun && (datagrams <= LATENCY_BATCH || !shared.heavy.load(Ordering::Relaxed)) {
             // A light load: what we just wrote often produces an immediate answer from the
             // kernel (an ICMP echo reply, a TCP ACK). Take it here instead of waking the TUN
             // thread: one thread wake-up less per request/response round trip. Under bulk load
             // (full batches) the TUN thread does this work, so the two threads do not fight
             // over the peer lock.
-            let _ = tx.drain(shared, &snap);
+            answered = tx.drain(shared, &snap).0;
         }
+        if !shared.heavy.load(Ordering::Relaxed) {
+            if let Some(count) = meter.add(light_sent + datagrams + answered) {
+                go_heavy_if_busy(shared, count);
+            }
+        }
+    }
+}
+
+/// On the receive thread in light mode: when a load window was busy, wake the TUN thread so
+/// both cores work.
+fn go_heavy_if_busy(shared: &Shared, count: usize) {
+    if count > HEAVY_PER_WINDOW {
+        let _guard = lock(&shared.mode_lock);
+        shared.udp_polls_tun.store(false, Ordering::Release);
+        shared.heavy.store(true, Ordering::Release);
+        shared.mode_cv.notify_all();
+        log::debug!("{}: heavy load: two data threads", shared.name);
     }
 }
 
