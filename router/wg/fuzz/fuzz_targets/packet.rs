@@ -1,6 +1,7 @@
 //! Packet input: arbitrary UDP datagrams into the receive path of a configured device with an
 //! established session, and arbitrary inner packets encrypted by the real peer (so the
-//! decrypted-packet checks run too). Must never panic.
+//! decrypted-packet checks run too), and offloaded TUN packets (virtio_net_hdr + TSO
+//! super-packet) through the segmenter. Must never panic.
 #![no_main]
 
 use std::io;
@@ -86,7 +87,17 @@ fuzz_target!(|data: &[u8]| {
     let src = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, mode)), 40000);
     let _ = Tunn::dst_address(rest);
     let _ = lab.dut.table().lookup(IpAddr::V4(Ipv4Addr::new(10, 0, 0, mode)));
-    if mode & 1 == 0 {
+    if mode % 3 == 2 {
+        // TUN side: a virtio_net_hdr + packet as an offloading kernel would hand it over.
+        if let Some(hdr) = sitelink_wg::offload::VnetHdr::parse(rest) {
+            let mut pkt = rest[sitelink_wg::offload::VNET_HDR_LEN..].to_vec();
+            let mut segs = 0usize;
+            let _ = sitelink_wg::offload::split(&hdr, &mut pkt, &mut Vec::new(), |s| {
+                segs += 1;
+                let _ = Tunn::dst_address(s);
+            });
+        }
+    } else if mode & 1 == 0 {
         let _ = receive_datagram(&lab.dut, lab.sock.clone(), rest, src);
     } else if rest.len() <= 1500 {
         let mut buf = vec![0u8; 2048];
