@@ -88,7 +88,7 @@ fn accel() -> &'static str {
             return "tcg";
         }
         // /dev/kvm can exist while guests die early ("KVM internal error"): boot for real.
-        let vm = Vm::start_with("kvm", None, "kvm-probe");
+        let vm = Vm::start_with("kvm", None, "kvm-probe", &[]);
         let ok = vm.wait_for("Run /init", Duration::from_secs(5)).is_ok()
             && !vm.console().contains("KVM internal error");
         if ok {
@@ -113,10 +113,16 @@ struct Vm {
 impl Vm {
     /// Boot the image with `disk` as a virtio disk, no NIC.
     fn start(disk: Option<&Path>, name: &str) -> Vm {
-        Vm::start_with(accel(), disk, name)
+        Vm::start_with(accel(), disk, name, &[])
     }
 
-    fn start_with(accel: &str, disk: Option<&Path>, name: &str) -> Vm {
+    /// Boot with `-nic` options (user-mode networking only: nothing reaches the host's network
+    /// configuration).
+    fn start_nics(disk: &Path, name: &str, nics: &[&str]) -> Vm {
+        Vm::start_with(accel(), Some(disk), name, nics)
+    }
+
+    fn start_with(accel: &str, disk: Option<&Path>, name: &str, nics: &[&str]) -> Vm {
         let img = image();
         let qmp = tmp().join(format!("{name}.qmp"));
         let _ = fs::remove_file(&qmp);
@@ -125,10 +131,16 @@ impl Vm {
             .arg(img.join("vmlinuz"))
             .arg("-initrd")
             .arg(img.join("initramfs.img"))
-            .args(["-nic", "none", "-append", "console=ttyS0"])
+            .args(["-append", "console=ttyS0"])
             .args(["-display", "none", "-serial", "stdio", "-monitor", "none"])
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", qmp.display()));
+        if nics.is_empty() {
+            cmd.args(["-nic", "none"]);
+        }
+        for n in nics {
+            cmd.args(["-nic", n]);
+        }
         if let Some(d) = disk {
             cmd.arg("-drive")
                 .arg(format!("file={},format=raw,if=virtio", d.display()));
@@ -372,4 +384,88 @@ fn vm_build_is_reproducible() {
         let b = fs::read(out.join(f)).unwrap();
         assert!(a == b, "{f} differs between two builds of the same inputs");
     }
+}
+
+/// A two-site network for the NIC tests: site `a` static WAN on the NIC with MAC ...:02, site `b`
+/// DHCP WAN.
+const NIC_NETWORK: &str = r#"
+name = "nictest"
+[[sites]]
+name = "a"
+endpoint = "198.51.100.1:51820"
+[sites.wan]
+mode = "static"
+address = "198.51.100.1/24"
+gateway = "198.51.100.254"
+mac = "52:54:00:5e:00:02"
+[sites.lan]
+address = "10.1.0.1/24"
+
+[[sites]]
+name = "b"
+endpoint = "198.51.100.2:51820"
+[sites.wan]
+mode = "dhcp"
+[sites.lan]
+address = "10.2.0.1/24"
+"#;
+
+/// The config disk of a site of [`NIC_NETWORK`].
+fn nic_disk(site: &str) -> PathBuf {
+    let net = sitelink_config::network::parse(NIC_NETWORK, "nictest.toml")
+        .network
+        .expect("the NIC test network is valid");
+    let store = sitelink_config::keys::Keystore::new(tmp().join("nic-keys"));
+    store.init(&["a", "b"], None).expect("keys");
+    let img = sitelink_image::config_disk(&net, site, &store).expect("config disk");
+    let path = tmp().join(format!("nictest-{site}.cidata.img"));
+    fs::write(&path, img).unwrap();
+    path
+}
+
+#[test]
+#[ignore = "vm tier: needs root and QEMU"]
+fn vm_nics_named_static_wan_and_lan() {
+    require_vm_tier();
+    let _one = vm_lock();
+    let disk = nic_disk("a");
+    let mut vm = Vm::start_nics(
+        &disk,
+        "nics",
+        &[
+            "user,model=virtio-net-pci,mac=52:54:00:5e:00:01",
+            "user,model=virtio-net-pci,mac=52:54:00:5e:00:02",
+        ],
+    );
+    vm.expect("sitelink: ready site=a", READY_TIMEOUT);
+    // The config names the WAN's MAC: the second NIC is the WAN, the other one the LAN.
+    vm.expect("renamed wan0 (52:54:00:5e:00:02)", Duration::from_secs(1));
+    vm.expect("wan0: address 198.51.100.1/24", Duration::from_secs(1));
+    vm.expect("wan0: default via 198.51.100.254", Duration::from_secs(1));
+    vm.expect("renamed lan0 (52:54:00:5e:00:01)", Duration::from_secs(1));
+    vm.expect("lan0: address 10.1.0.1/24", Duration::from_secs(1));
+    vm.send("ip");
+    vm.expect(
+        "ip: wan0 up 52:54:00:5e:00:02 198.51.100.1/24",
+        Duration::from_secs(10),
+    );
+    vm.expect(
+        "ip: lan0 up 52:54:00:5e:00:01 10.1.0.1/24",
+        Duration::from_secs(1),
+    );
+}
+
+#[test]
+#[ignore = "vm tier: needs root and QEMU"]
+fn vm_wan_dhcp() {
+    require_vm_tier();
+    let _one = vm_lock();
+    let disk = nic_disk("b");
+    let vm = Vm::start_nics(&disk, "dhcp", &["user,model=virtio-net-pci"]);
+    vm.expect("sitelink: ready site=b", READY_TIMEOUT);
+    // QEMU's user-mode network hands out 10.0.2.15/24 with router 10.0.2.2.
+    vm.expect(
+        "dhcp: wan0: 10.0.2.15/24 via 10.0.2.2",
+        Duration::from_secs(30),
+    );
 }

@@ -372,6 +372,26 @@ pub fn os_release() -> String {
     )
 }
 
+/// The config disk of one site: `site.toml` (the rendered config), `site.key` (its private key,
+/// from `store`) and NoCloud `meta-data`, on a vfat image labelled `CIDATA`.
+pub fn config_disk(net: &Network, name: &str, store: &Keystore) -> Result<Vec<u8>, ImageError> {
+    let cfg = site::render(net, name, |n| store.public(n).map_err(|e| e.to_string()))?;
+    let key = format!("{}\n", store.private(name)?.to_base64());
+    let meta = format!(
+        "instance-id: sitelink-{}-{name}\nlocal-hostname: {name}\n",
+        net.name
+    );
+    cidata::disk(
+        name,
+        &[
+            ("site.toml", cfg.to_toml().as_bytes()),
+            ("site.key", key.as_bytes()),
+            ("meta-data", meta.as_bytes()),
+        ],
+    )
+    .map_err(|e| ImageError::io("build the config disk of site", Path::new(name), e))
+}
+
 /// Where the init finds modules and their load order in the initramfs.
 pub const MODULE_DIR: &str = "lib/modules";
 pub const LOAD_ORDER: &str = "lib/modules/load-order";
@@ -393,7 +413,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, ImageError> {
         },
     };
 
-    let (net, configs) = p.step("check inputs", || {
+    let (net, store) = p.step("check inputs", || {
         let net = load_network(&opts.network)?;
         let keys = opts.keys.clone().unwrap_or_else(|| opts.out.join("keys"));
         let store = Keystore::new(&keys);
@@ -406,19 +426,14 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, ImageError> {
                 );
             }
         }
-        let mut configs = Vec::new();
+        // Every site must render before any work starts.
         for s in &net.sites {
-            let cfg = site::render(&net, &s.name, |n| {
+            site::render(&net, &s.name, |n| {
                 store.public(n).map_err(|e| e.to_string())
             })?;
-            let key = store.private(&s.name)?;
-            configs.push((
-                s.name.clone(),
-                cfg.to_toml(),
-                format!("{}\n", key.to_base64()),
-            ));
+            store.private(&s.name)?;
         }
-        Ok((net, configs))
+        Ok((net, store))
     })?;
     let kernel = p.step("fetch kernel package", || {
         kernel::fetch(opts.profile, opts.kernel_deb.as_deref(), &cache)
@@ -544,22 +559,13 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, ImageError> {
         Ok(())
     })?;
     p.step("write config disks", || {
-        for (name, toml, key) in &configs {
-            let meta = format!(
-                "instance-id: sitelink-{}-{name}\nlocal-hostname: {name}\n",
-                net.name
-            );
-            let img = cidata::disk(
-                name,
-                &[
-                    ("site.toml", toml.as_bytes()),
-                    ("site.key", key.as_bytes()),
-                    ("meta-data", meta.as_bytes()),
-                ],
-            )
-            .map_err(|e| ImageError::io("build config disk for", Path::new(name), e))?;
+        for s in &net.sites {
+            let img = config_disk(&net, &s.name, &store)?;
             outputs.push(write_output(
-                &opts.out.join("sites").join(format!("{name}.cidata.img")),
+                &opts
+                    .out
+                    .join("sites")
+                    .join(format!("{}.cidata.img", s.name)),
                 &img,
             )?);
         }

@@ -80,11 +80,13 @@ pub fn sysctl(key: &str, value: &str) {
     }
 }
 
-/// Forwarding on; loose reverse-path filtering (transit traffic arrives on tunnels whose
-/// source is not routed back the same way).
+/// Forwarding on; loose reverse-path filtering on interfaces created from now on (the tunnels:
+/// transit traffic arrives on tunnels whose source is not routed back the same way). `all` stays
+/// 0 because the effective value is max(all, interface): the NICs, which exist already, keep
+/// their 0, so DHCP answers from a server we have no route to yet are not dropped as martians.
 pub fn sysctls() {
     sysctl("net.ipv4.ip_forward", "1");
-    sysctl("net.ipv4.conf.all.rp_filter", "2");
+    sysctl("net.ipv4.conf.all.rp_filter", "0");
     sysctl("net.ipv4.conf.default.rp_filter", "2");
     sysctl("net.ipv6.conf.all.forwarding", "1");
 }

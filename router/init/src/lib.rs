@@ -16,7 +16,7 @@
 //! Shutdown on SIGTERM, SIGUSR2, SIGINT or the ACPI power button: services get SIGTERM, SIGKILL
 //! after 5 s, our routes are flushed, disks synced, power off.
 //!
-//! Debug commands on the serial console (one per line): `status`, `log [SERVICE]`,
+//! Debug commands on the serial console (one per line): `status`, `ip`, `cat FILE`, `log [SERVICE]`,
 //! `kill [SERVICE]` (SIGKILL its process group: the supervisor restarts it), `term [SERVICE]`,
 //! `poweroff`, `help`.
 //!
@@ -26,6 +26,7 @@
 pub mod boot;
 pub mod config;
 pub mod console;
+pub mod dhcp;
 pub mod kmod;
 pub mod net;
 pub mod power;
@@ -225,10 +226,7 @@ impl Init {
         }
         boot::sysctls();
         if let Some(wan) = boot::network(cfg) {
-            say!(
-                "{}: DHCP is not built yet; give the site a static WAN address (wan.mode = \"static\")",
-                wan.name
-            );
+            dhcp::spawn(wan, cfg.site.clone());
         }
     }
 
@@ -310,8 +308,34 @@ impl Init {
                     None => say!("no such service"),
                 }
             }
+            "ip" => match net::Netlink::open().and_then(|mut nl| Ok((nl.links()?, nl.addrs()?))) {
+                Ok((links, addrs)) => {
+                    for l in links {
+                        let a: Vec<String> = addrs
+                            .iter()
+                            .filter(|(i, _)| *i == l.index)
+                            .map(|(_, a)| a.to_string())
+                            .collect();
+                        say!(
+                            "ip: {} {} {} {}",
+                            l.name,
+                            if l.up { "up" } else { "down" },
+                            l.mac.as_deref().unwrap_or("-"),
+                            a.join(" ")
+                        );
+                    }
+                }
+                Err(e) => say!("ip: {e}"),
+            },
+            "cat" => match arg.map(std::fs::read_to_string) {
+                Some(Ok(text)) => text.lines().for_each(|l| say!("cat: {l}")),
+                Some(Err(e)) => say!("cat: {e}"),
+                None => say!("cat FILE"),
+            },
             "poweroff" => self.shutdown("console command"),
-            _ => say!("commands: status, log [SERVICE], kill [SERVICE], term [SERVICE], poweroff"),
+            _ => say!(
+                "commands: status, ip, cat FILE, log [SERVICE], kill [SERVICE], term [SERVICE], poweroff"
+            ),
         }
     }
 

@@ -142,6 +142,28 @@ impl Netlink {
         Ok(out)
     }
 
+    /// `ip addr show`: (interface index, address).
+    pub fn addrs(&mut self) -> io::Result<Vec<(u32, IpNet)>> {
+        let seq = self.send(
+            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+            NLM_F_DUMP,
+        )?;
+        let mut out = Vec::new();
+        for m in self.answers(seq)? {
+            let RouteNetlinkMessage::NewAddress(a) = m else {
+                continue;
+            };
+            let ip = a.attributes.iter().find_map(|x| match x {
+                AddressAttribute::Local(ip) | AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            });
+            if let Some(net) = ip.and_then(|ip| IpNet::new(ip, a.header.prefix_len).ok()) {
+                out.push((a.header.index, net));
+            }
+        }
+        Ok(out)
+    }
+
     /// `ip link set dev OLD name NEW` (the link must be down)
     pub fn rename(&mut self, index: u32, name: &str) -> io::Result<()> {
         let mut m = LinkMessage::default();
