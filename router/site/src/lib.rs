@@ -68,35 +68,10 @@ impl SiteError {
 /// Exit code for errors a restart cannot fix (bad config or key): "do not restart".
 pub const EXIT_CONFIG: u8 = 3;
 
-struct StderrLogger {
-    level: log::LevelFilter,
-}
-
-impl log::Log for StderrLogger {
-    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        metadata.level() <= self.level
-    }
-    fn log(&self, record: &log::Record<'_>) {
-        if self.enabled(record.metadata()) {
-            eprintln!(
-                "{}: {}",
-                record.level().as_str().to_lowercase(),
-                record.args()
-            );
-        }
-    }
-    fn flush(&self) {}
-}
-
-/// Log to stderr at `LOG_LEVEL` (error, warn, info (default), debug, trace).
+/// Log to stderr at `LOG_LEVEL` (error, warn, info (default), debug, trace), lines as
+/// `level: message`.
 pub fn init_logging() {
-    let level = std::env::var("LOG_LEVEL")
-        .ok()
-        .and_then(|l| l.parse().ok())
-        .unwrap_or(log::LevelFilter::Info);
-    if log::set_boxed_logger(Box::new(StderrLogger { level })).is_ok() {
-        log::set_max_level(level);
-    }
+    sitelink_wg::cli::init_logging_with_prefix("");
 }
 
 /// Read and check a site config.

@@ -12,6 +12,7 @@ use crate::sys;
 
 struct StderrLogger {
     level: log::LevelFilter,
+    prefix: &'static str,
 }
 
 impl log::Log for StderrLogger {
@@ -22,7 +23,8 @@ impl log::Log for StderrLogger {
     fn log(&self, record: &log::Record<'_>) {
         if self.enabled(record.metadata()) {
             eprintln!(
-                "sitelink-wg: {}: {}",
+                "{}{}: {}",
+                self.prefix,
                 record.level().as_str().to_lowercase(),
                 record.args()
             );
@@ -35,6 +37,12 @@ impl log::Log for StderrLogger {
 /// Installs a stderr logger; `LOG_LEVEL` (error, warn, info, debug, verbose, trace) picks the
 /// level, as with wireguard-go. Calling it twice is harmless.
 pub fn init_logging() {
+    init_logging_with_prefix("sitelink-wg: ");
+}
+
+/// [`init_logging`] with another line prefix (the device binary's site mode uses none: its
+/// supervisor tags lines with the service name).
+pub fn init_logging_with_prefix(prefix: &'static str) {
     let level = match std::env::var("LOG_LEVEL").unwrap_or_default().as_str() {
         "error" | "silent" => log::LevelFilter::Error,
         "debug" | "verbose" => log::LevelFilter::Debug,
@@ -42,7 +50,7 @@ pub fn init_logging() {
         "warn" => log::LevelFilter::Warn,
         _ => log::LevelFilter::Info,
     };
-    let logger = Box::leak(Box::new(StderrLogger { level }));
+    let logger = Box::leak(Box::new(StderrLogger { level, prefix }));
     if log::set_logger(logger).is_ok() {
         log::set_max_level(level);
     }
