@@ -382,6 +382,8 @@ fn request_stop(shared: &Shared, reason: StopReason) {
         *r = Some(reason);
     }
     shared.stop.store(true, Ordering::SeqCst);
+    let _guard = lock(&shared.mode_lock);
+    shared.mode_cv.notify_all();
 }
 
 fn remove_socket_if_ours(shared: &Shared) {
