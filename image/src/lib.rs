@@ -342,6 +342,27 @@ pub fn device_binary(given: Option<&Path>) -> Result<Vec<u8>, ImageError> {
             c.current_dir(&root)
                 .env("RUSTFLAGS", "-C target-feature=+crt-static")
                 .env("CARGO_TARGET_DIR", &target_dir);
+            // Variables cargo sets for the program that calls us (a test, an example) would
+            // reach build scripts (ring's reruns on CARGO_MANIFEST_DIR) and rebuild everything.
+            for (k, _) in std::env::vars_os() {
+                let k = k.to_string_lossy();
+                let per_crate = [
+                    "CARGO_MANIFEST_",
+                    "CARGO_PKG_",
+                    "CARGO_BIN_",
+                    "CARGO_CRATE_",
+                ]
+                .iter()
+                .any(|p| k.starts_with(p));
+                if per_crate
+                    || k == "CARGO_PRIMARY_PACKAGE"
+                    || k == "CARGO_TARGET_TMPDIR"
+                    || k == "CARGO_RUSTC_CURRENT_DIR"
+                    || k == "OUT_DIR"
+                {
+                    c.env_remove(k.as_ref());
+                }
+            }
             eprintln!(
                 "    (in {}, RUSTFLAGS=\"-C target-feature=+crt-static\")",
                 root.display()
