@@ -214,13 +214,18 @@ impl Vm {
 
     /// Run one QMP command (after the capabilities handshake); its answer line.
     fn qmp(&self, command: &str) -> String {
+        self.qmp_json(&format!("{{\"execute\": \"{command}\"}}"))
+    }
+
+    /// Run one QMP request given as JSON; its answer line.
+    fn qmp_json(&self, request: &str) -> String {
         let mut s = UnixStream::connect(&self.qmp).expect("connect to QMP");
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut r = BufReader::new(s.try_clone().unwrap());
         let mut line = String::new();
         r.read_line(&mut line).expect("QMP greeting");
-        let mut answer = |cmd: &str| {
-            writeln!(s, "{{\"execute\": \"{cmd}\"}}").expect("QMP write");
+        let mut answer = |req: &str| {
+            writeln!(s, "{req}").expect("QMP write");
             loop {
                 let mut l = String::new();
                 r.read_line(&mut l).expect("QMP answer");
@@ -229,8 +234,8 @@ impl Vm {
                 }
             }
         };
-        answer("qmp_capabilities");
-        answer(command)
+        answer("{\"execute\": \"qmp_capabilities\"}");
+        answer(request)
     }
 
     /// Wait for QEMU to exit; its status.
@@ -468,4 +473,26 @@ fn vm_wan_dhcp() {
         "dhcp: wan0: 10.0.2.15/24 via 10.0.2.2",
         Duration::from_secs(30),
     );
+}
+
+#[test]
+#[ignore = "vm tier: needs root and QEMU"]
+fn vm_config_disk_appears_later() {
+    require_vm_tier();
+    let _one = vm_lock();
+    let disk = disk_copy("office", "later");
+    let vm = Vm::start(None, "later");
+    vm.expect("sitelink: no config", READY_TIMEOUT);
+    vm.expect("waiting for a valid config", Duration::from_secs(5));
+    // Plug the config disk in while the init waits (PCI hotplug through ACPI).
+    let added = vm.qmp_json(&format!(
+        r#"{{"execute": "blockdev-add", "arguments": {{"driver": "raw", "node-name": "cfg", "file": {{"driver": "file", "filename": "{}"}}}}}}"#,
+        disk.display()
+    ));
+    assert!(added.contains("\"return\""), "blockdev-add: {added}");
+    let plugged = vm.qmp_json(
+        r#"{"execute": "device_add", "arguments": {"driver": "virtio-blk-pci", "drive": "cfg", "id": "cfgdisk"}}"#,
+    );
+    assert!(plugged.contains("\"return\""), "device_add: {plugged}");
+    vm.expect("sitelink: ready site=office", Duration::from_secs(60));
 }
