@@ -755,7 +755,13 @@ fn udp_to_tun(shared: &Shared) {
         } else {
             shared.udp_polls_tun.store(false, Ordering::Release);
         }
-        let n = match sys::recv_batch(snap.sock.as_raw_fd(), &mut bufs, &mut meta) {
+        // Light load: a short batch (less per-call setup); heavy load: the full batch.
+        let want = if shared.heavy.load(Ordering::Relaxed) {
+            BATCH
+        } else {
+            LATENCY_BATCH * 2
+        };
+        let n = match sys::recv_batch(snap.sock.as_raw_fd(), &mut bufs[..want], &mut meta[..want]) {
             Ok(n) => n,
             Err(e) => {
                 if !matches!(
