@@ -534,10 +534,14 @@ fn netns_process_contract_exit_and_errors() {
     ns.run("ip", ["link", "set", &ifname, "mtu", "1380"])
         .expect("set mtu");
     // Port in use: a readable error, not "Unknown error" (U3).
-    let blocker = std::net::UdpSocket::bind("0.0.0.0:0");
-    drop(blocker);
-    let _sock = ns.spawn("sh", ["-c", "exec python3 -c 'import socket,time; s=socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.bind((\"::\", 51999)); time.sleep(60)'"]);
-    std::thread::sleep(Duration::from_millis(500));
+    // A second daemon in the same namespace holds UDP port 51999.
+    let holder = unique_name("wgt");
+    let _holder = ns
+        .spawn(bin, ["-f", holder.as_str()])
+        .expect("holder daemon");
+    wait_until(Duration::from_secs(5), || socket_path(&holder).exists()).expect("holder socket");
+    ns.run("wg", ["set", &holder, "listen-port", "51999"])
+        .expect("holder takes the port");
     let out =
         sitelink_testinfra::output(&mut ns.command("wg", ["set", &ifname, "listen-port", "51999"]))
             .expect("wg set");
