@@ -123,6 +123,17 @@ impl Vm {
     }
 
     fn start_with(accel: &str, disk: Option<&Path>, name: &str, nics: &[&str]) -> Vm {
+        Vm::start_append(accel, disk, name, nics, "")
+    }
+
+    /// Boot with `append` added to the kernel command line.
+    fn start_append(
+        accel: &str,
+        disk: Option<&Path>,
+        name: &str,
+        nics: &[&str],
+        append: &str,
+    ) -> Vm {
         let img = image();
         let qmp = tmp().join(format!("{name}.qmp"));
         let _ = fs::remove_file(&qmp);
@@ -131,7 +142,8 @@ impl Vm {
             .arg(img.join("vmlinuz"))
             .arg("-initrd")
             .arg(img.join("initramfs.img"))
-            .args(["-append", "console=ttyS0"])
+            .arg("-append")
+            .arg(format!("console=ttyS0 {append}").trim_end())
             .args(["-display", "none", "-serial", "stdio", "-monitor", "none"])
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", qmp.display()));
@@ -495,4 +507,25 @@ fn vm_config_disk_appears_later() {
     );
     assert!(plugged.contains("\"return\""), "device_add: {plugged}");
     vm.expect("sitelink: ready site=office", Duration::from_secs(60));
+}
+
+#[test]
+#[ignore = "vm tier: needs root and QEMU"]
+fn vm_config_from_kernel_command_line() {
+    require_vm_tier();
+    let _one = vm_lock();
+    // A config disk under another label: only `sitelink.config=` finds it.
+    let disk = disk_copy("gcp", "cmdline");
+    let mut img = fs::read(&disk).unwrap();
+    img[43..54].copy_from_slice(b"SITECFG    ");
+    fs::write(&disk, img).unwrap();
+    let vm = Vm::start_append(
+        accel(),
+        Some(&disk),
+        "cmdline",
+        &[],
+        "sitelink.config=LABEL=SITECFG",
+    );
+    vm.expect("sitelink: ready site=gcp", READY_TIMEOUT);
+    vm.expect("config for site gcp", Duration::from_secs(1));
 }

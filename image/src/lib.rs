@@ -80,6 +80,9 @@ pub fn profile_modules(profile: Profile) -> Vec<&'static str> {
         // The ACPI power button as an input device (KEY_POWER on /dev/input/event*).
         "button",
         "evdev",
+        // Entropy from the host when the VM has a virtio-rng device: the kernel's random pool
+        // is ready sooner, and the data plane's key setup waits for it.
+        "virtio_rng",
     ];
     match profile {
         Profile::Cloud => m.extend(["virtio_pci", "virtio_blk", "virtio_net"]),

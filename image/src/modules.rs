@@ -155,12 +155,24 @@ pub fn read_module(path: &Path) -> Result<Vec<u8>, ImageError> {
             .map_err(|e| ImageError::io("decompress", path, e))?;
         return Ok(out);
     }
-    if name.ends_with(".ko.xz") || name.ends_with(".ko.zst") {
-        return Err(ImageError::BadModule {
-            path: path.to_owned(),
-            why: "xz/zstd-compressed modules are not supported yet (Debian 12 kernels ship plain .ko)"
-                .into(),
-        });
+    let bad = |why: String| ImageError::BadModule {
+        path: path.to_owned(),
+        why,
+    };
+    if name.ends_with(".ko.xz") {
+        let mut out = Vec::new();
+        lzma_rs::xz_decompress(&mut std::io::BufReader::new(&data[..]), &mut out)
+            .map_err(|e| bad(format!("cannot decompress (xz): {e}")))?;
+        return Ok(out);
+    }
+    if name.ends_with(".ko.zst") {
+        use std::io::Read;
+        let mut out = Vec::new();
+        ruzstd::decoding::StreamingDecoder::new(&data[..])
+            .map_err(|e| bad(format!("cannot decompress (zstd): {e}")))?
+            .read_to_end(&mut out)
+            .map_err(|e| bad(format!("cannot decompress (zstd): {e}")))?;
+        return Ok(out);
     }
     Ok(data)
 }
@@ -246,6 +258,27 @@ mod tests {
             Some("tun")
         );
         assert_eq!(module_name(Path::new("a/README")), None);
+    }
+
+    #[test]
+    fn compressed_modules_are_decompressed() {
+        let dir = std::env::temp_dir().join(format!("sitelink-mod-{}", std::process::id()));
+        let _ = fs::create_dir_all(&dir);
+        let plain = b"\x7fELF module bytes".repeat(50);
+        let mut xz = Vec::new();
+        let compressed = lzma_rs::xz_compress(&mut &plain[..], &mut xz);
+        assert!(compressed.is_ok());
+        let path = dir.join("x.ko.xz");
+        assert!(fs::write(&path, &xz).is_ok());
+        assert_eq!(read_module(&path).ok(), Some(plain.clone()));
+        let path = dir.join("y.ko.zst");
+        let zst = ruzstd::encoding::compress_to_vec(
+            &plain[..],
+            ruzstd::encoding::CompressionLevel::Fastest,
+        );
+        assert!(fs::write(&path, &zst).is_ok());
+        assert_eq!(read_module(&path).ok(), Some(plain));
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -58,6 +58,18 @@ const RETRY: Duration = Duration::from_secs(3);
 /// How long services get between SIGTERM and SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cat_never_shows_keys() {
+        assert!(super::catable("/proc/net/snmp"));
+        assert!(super::catable("/run/sitelink-config/site.toml"));
+        assert!(!super::catable("/run/sitelink-config/site.key"));
+        assert!(!super::catable("/proc/../run/sitelink-config/site.key"));
+        assert!(!super::catable("/run/sitelink-cidata/site.key"));
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Event {
     Command(String),
@@ -327,9 +339,15 @@ impl Init {
                 }
                 Err(e) => say!("ip: {e}"),
             },
-            "cat" => match arg.map(std::fs::read_to_string) {
-                Some(Ok(text)) => text.lines().for_each(|l| say!("cat: {l}")),
-                Some(Err(e)) => say!("cat: {e}"),
+            "cat" => match arg {
+                Some(path) if !catable(path) => say!(
+                    "cat: {path}: only /proc, /sys, /etc and {}/site.toml are shown (never keys)",
+                    config::CONFIG_DIR
+                ),
+                Some(path) => match std::fs::read_to_string(path) {
+                    Ok(text) => text.lines().for_each(|l| say!("cat: {l}")),
+                    Err(e) => say!("cat: {path}: {e}"),
+                },
                 None => say!("cat FILE"),
             },
             "poweroff" => self.shutdown("console command"),
@@ -382,6 +400,20 @@ impl Init {
             std::thread::sleep(Duration::from_secs(3600));
         }
     }
+}
+
+/// Files the `cat` console command may show: diagnostics, never key material.
+fn catable(path: &str) -> bool {
+    let p = Path::new(path);
+    if p.components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return false;
+    }
+    ["/proc/", "/sys/", "/etc/"]
+        .iter()
+        .any(|d| path.starts_with(d))
+        || p == Path::new(config::CONFIG_DIR).join("site.toml")
 }
 
 /// `sitelink-router init [--check DIR]`. As PID 1 this is the init; otherwise only `--check DIR`
