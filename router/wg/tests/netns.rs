@@ -570,3 +570,67 @@ fn netns_process_contract_exit_and_errors() {
     assert!(out.status.success(), "clean exit on SIGTERM: {out:?}");
     assert!(!socket_path(&ifname3).exists(), "socket removed on exit");
 }
+
+#[test]
+#[ignore = "netns tier: needs root"]
+fn netns_setconf_syncconf_addconf_showconf() {
+    require_root();
+    let ns = Netns::new("sc").expect("netns");
+    let site = new_site(ns, Some(Impl::Sitelink), "192.168.80.1/24", "10.82.0.1/24");
+    let (_, p1) = genkey();
+    let (_, p2) = genkey();
+    let (_, p3) = genkey();
+    let dir = std::env::temp_dir().join(unique_name("sc"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let write = |name: &str, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("conf");
+        path.to_string_lossy().into_owned()
+    };
+    let c1 = write(
+        "1.conf",
+        format!(
+            "[Interface]\nPrivateKey = {}\nListenPort = 51900\nFwMark = 0x0\n[Peer]\nPublicKey = {p1}\nAllowedIPs = 10.1.0.0/24\nEndpoint = 192.0.2.1:51820\nPersistentKeepalive = 25\n[Peer]\nPublicKey = {p2}\nAllowedIPs = 10.2.0.0/24\n",
+            site.private
+        ),
+    );
+    let c2 = write(
+        "2.conf",
+        format!(
+            "[Interface]\nPrivateKey = {}\nListenPort = 51901\n[Peer]\nPublicKey = {p2}\nAllowedIPs = 10.2.0.0/24, 10.3.0.0/24\n[Peer]\nPublicKey = {p3}\nAllowedIPs = 10.1.0.0/24\n",
+            site.private
+        ),
+    );
+    let c3 = write(
+        "3.conf",
+        format!("[Peer]\nPublicKey = {p1}\nAllowedIPs = 10.9.0.0/24\n"),
+    );
+    site.wg(&["setconf", &site.ifname, &c1]);
+    site.wg(&["syncconf", &site.ifname, &c2]);
+    site.wg(&["addconf", &site.ifname, &c3]);
+    let conf = site.wg(&["showconf", &site.ifname]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(conf.contains("ListenPort = 51901"), "{conf}");
+    assert!(
+        conf.contains(&format!("PrivateKey = {}", site.private)),
+        "{conf}"
+    );
+    let section = |key: &str| {
+        conf.split("[Peer]")
+            .find(|s| s.contains(key))
+            .map(str::to_string)
+            .unwrap_or_default()
+    };
+    assert!(section(&p2).contains("10.2.0.0/24, 10.3.0.0/24"), "{conf}");
+    assert!(
+        section(&p3).contains("10.1.0.0/24"),
+        "syncconf moved 10.1.0.0/24 to p3:\n{conf}"
+    );
+    assert!(
+        section(&p1).contains("10.9.0.0/24"),
+        "addconf re-added p1:\n{conf}"
+    );
+    assert!(!section(&p1).contains("10.1.0.0/24"), "{conf}");
+    site.wg(&["set", &site.ifname, "peer", &p3, "remove"]);
+    assert!(!site.wg(&["show", &site.ifname, "peers"]).contains(&p3));
+}
