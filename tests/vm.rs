@@ -47,14 +47,17 @@ fn vm_lock() -> MutexGuard<'static, ()> {
 /// Build the seed mesh's image once per test run (kernel and device binary are cached).
 fn image() -> &'static Path {
     static IMAGE: OnceLock<PathBuf> = OnceLock::new();
-    IMAGE.get_or_init(|| {
-        let out = tmp().join("vm-image");
-        let mut opts = sitelink_image::BuildOptions::new(NETWORK, &out);
-        opts.keys = Some(tmp().join("vm-keys"));
-        let report = sitelink_image::build(&opts).unwrap_or_else(|e| panic!("image build: {e}"));
-        eprint!("{report}");
-        out
-    })
+    IMAGE.get_or_init(|| build_image(sitelink_image::Profile::Cloud, "vm-image"))
+}
+
+fn build_image(profile: sitelink_image::Profile, dir: &str) -> PathBuf {
+    let out = tmp().join(dir);
+    let mut opts = sitelink_image::BuildOptions::new(NETWORK, &out);
+    opts.profile = profile;
+    opts.keys = Some(tmp().join("vm-keys"));
+    let report = sitelink_image::build(&opts).unwrap_or_else(|e| panic!("image build: {e}"));
+    eprint!("{report}");
+    out
 }
 
 /// A VM's serial console, as text so far.
@@ -134,7 +137,17 @@ impl Vm {
         nics: &[&str],
         append: &str,
     ) -> Vm {
-        let img = image();
+        Vm::start_image(image(), accel, disk, name, nics, append)
+    }
+
+    fn start_image(
+        img: &Path,
+        accel: &str,
+        disk: Option<&Path>,
+        name: &str,
+        nics: &[&str],
+        append: &str,
+    ) -> Vm {
         let qmp = tmp().join(format!("{name}.qmp"));
         let _ = fs::remove_file(&qmp);
         let mut cmd = Command::new("qemu-system-x86_64");
@@ -528,4 +541,26 @@ fn vm_config_from_kernel_command_line() {
     );
     vm.expect("sitelink: ready site=gcp", READY_TIMEOUT);
     vm.expect("config for site gcp", Duration::from_secs(1));
+}
+
+#[test]
+#[ignore = "vm tier: needs root and QEMU"]
+fn vm_metal_profile_e1000e() {
+    require_vm_tier();
+    let _one = vm_lock();
+    // The generic kernel plus router NIC drivers; QEMU's e1000e stands in for a router's NIC.
+    let img = build_image(sitelink_image::Profile::Metal, "vm-image-metal");
+    let disk = tmp().join("metal-aws.cidata.img");
+    fs::copy(img.join("sites/aws.cidata.img"), &disk).unwrap();
+    let vm = Vm::start_image(
+        &img,
+        accel(),
+        Some(&disk),
+        "metal",
+        &["user,model=e1000e"],
+        "",
+    );
+    vm.expect("sitelink: ready site=aws", READY_TIMEOUT);
+    vm.expect("e1000e", Duration::from_secs(1));
+    vm.expect("wan0: address 198.51.100.1/24", Duration::from_secs(5));
 }
