@@ -281,6 +281,82 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
     }
 
+    /// A minimal x86-64 ELF relocatable with a `.modinfo` section.
+    fn fake_module(depends: &str) -> Vec<u8> {
+        let shstrtab = b"\0.modinfo\0.shstrtab\0";
+        let info = format!("license=GPL\0depends={depends}\0");
+        let mut d = vec![0u8; 64];
+        d[..4].copy_from_slice(b"\x7fELF");
+        d[4] = 2;
+        d[5] = 1;
+        d[6] = 1;
+        d[0x12..0x14].copy_from_slice(&EM_X86_64.to_le_bytes());
+        let str_off = d.len();
+        d.extend_from_slice(shstrtab);
+        let info_off = d.len();
+        d.extend_from_slice(info.as_bytes());
+        while d.len() % 8 != 0 {
+            d.push(0);
+        }
+        let shoff = d.len();
+        d[0x28..0x30].copy_from_slice(&(shoff as u64).to_le_bytes());
+        d[0x3A..0x3C].copy_from_slice(&64u16.to_le_bytes());
+        d[0x3C..0x3E].copy_from_slice(&3u16.to_le_bytes());
+        d[0x3E..0x40].copy_from_slice(&2u16.to_le_bytes());
+        for (name, off, size) in [
+            (0u32, 0usize, 0usize),
+            (1, info_off, info.len()),
+            (10, str_off, shstrtab.len()),
+        ] {
+            let mut h = [0u8; 64];
+            h[..4].copy_from_slice(&name.to_le_bytes());
+            h[24..32].copy_from_slice(&(off as u64).to_le_bytes());
+            h[32..40].copy_from_slice(&(size as u64).to_le_bytes());
+            d.extend_from_slice(&h);
+        }
+        d
+    }
+
+    #[test]
+    fn closure_is_in_dependency_order_without_builtins() {
+        let dir = std::env::temp_dir().join(format!("sitelink-closure-{}", std::process::id()));
+        let kernel = dir.join("kernel/drivers");
+        assert!(fs::create_dir_all(&kernel).is_ok());
+        for (file, deps) in [
+            ("a.ko", ""),
+            ("b-dash.ko", "a"),
+            ("c.ko", "b_dash,a,core"),
+            ("d.ko", "c"),
+        ] {
+            assert!(fs::write(kernel.join(file), fake_module(deps)).is_ok());
+        }
+        assert!(fs::write(
+            dir.join("modules.builtin"),
+            "kernel/lib/core.ko\nkernel/fs/vfat.ko\n"
+        )
+        .is_ok());
+        let index = ModuleIndex::load(&dir);
+        let Ok(index) = index else {
+            panic!("index: {index:?}")
+        };
+        assert_eq!(
+            index.depends("c").ok(),
+            Some(vec!["b_dash".into(), "a".into(), "core".into()])
+        );
+        let closure = index.closure(&["d", "vfat", "b-dash"]);
+        let Ok(closure) = closure else {
+            panic!("closure: {closure:?}")
+        };
+        assert_eq!(closure.order, ["a", "b_dash", "c", "d"]);
+        assert_eq!(closure.builtin, ["vfat"]);
+        let missing = index.closure(&["d", "nope", "gone"]);
+        assert!(
+            matches!(&missing, Err(ImageError::MissingModule { module, .. }) if module == "nope, gone"),
+            "{missing:?}"
+        );
+        let _ = fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn not_elf_has_no_modinfo() {
         assert_eq!(modinfo(b"hello"), None);
