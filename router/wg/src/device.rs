@@ -729,6 +729,7 @@ fn udp_to_tun(shared: &Shared) {
     let mut replies: Vec<(Vec<u8>, SocketAddr)> = Vec::new();
     let mut tx = TxBatch::new();
     let mut meter = LoadMeter::new();
+    let mut gro = offload::Coalescer::default();
     while !shared.stop.load(Ordering::Relaxed) {
         let mut wrote_tun = false;
         view.refresh(shared);
@@ -784,13 +785,24 @@ fn udp_to_tun(shared: &Shared) {
             };
             let mut to_tun = |pkt: &[u8]| {
                 wrote_tun = true;
-                let res = if shared.vnet {
-                    // No offload on what we write: an all-zero virtio_net_hdr first.
-                    let hdr = [0u8; offload::VNET_HDR_LEN];
-                    (&shared.tun).write_vectored(&[io::IoSlice::new(&hdr), io::IoSlice::new(pkt)])
-                } else {
-                    (&shared.tun).write(pkt)
-                };
+                if !shared.vnet {
+                    tun_write(shared, pkt);
+                    return;
+                }
+                // Coalesce in-order TCP segments into one super-packet (userspace GRO).
+                if gro.offer(pkt) {
+                    return;
+                }
+                if let Some(chain) = gro.flush() {
+                    tun_write(shared, chain);
+                }
+                if gro.offer(pkt) {
+                    return;
+                }
+                // Not coalescable: no offload, an all-zero virtio_net_hdr first.
+                let hdr = [0u8; offload::VNET_HDR_LEN];
+                let res =
+                    (&shared.tun).write_vectored(&[io::IoSlice::new(&hdr), io::IoSlice::new(pkt)]);
                 if let Err(e) = res {
                     log::debug!("{}: TUN write: {e}", shared.name);
                 }
@@ -811,6 +823,9 @@ fn udp_to_tun(shared: &Shared) {
                 );
             }
         }
+        if let Some(chain) = gro.flush() {
+            tun_write(shared, chain);
+        }
         for (data, to) in replies.drain(..) {
             send_one(&snap, shared, &data, to);
         }
@@ -828,6 +843,12 @@ fn udp_to_tun(shared: &Shared) {
                 go_heavy_if_busy(shared, count);
             }
         }
+    }
+}
+
+fn tun_write(shared: &Shared, pkt: &[u8]) {
+    if let Err(e) = (&shared.tun).write(pkt) {
+        log::debug!("{}: TUN write: {e}", shared.name);
     }
 }
 

@@ -308,3 +308,284 @@ mod tests {
         }
     }
 }
+
+/// Receive-side coalescing (GRO in userspace): consecutive in-order TCP segments of one flow
+/// become one super-packet written to the TUN with a `virtio_net_hdr` describing it, so the
+/// kernel's TCP stack (or forwarding path) handles one packet instead of dozens. Anything that
+/// does not extend the current chain flushes it first, so packet order is kept.
+#[derive(Debug, Default)]
+pub struct Coalescer {
+    /// `virtio_net_hdr` + headers + payloads of the current chain.
+    buf: Vec<u8>,
+    /// Segments in the chain.
+    segs: usize,
+    /// Payload size of the first segment (the GSO size).
+    mss: usize,
+    /// IP header length and TCP header length of the chain.
+    l4: usize,
+    thlen: usize,
+    v6: bool,
+    /// Sequence number the next segment must have.
+    next_seq: u32,
+    /// The last segment was shorter than `mss` or had PSH: nothing may follow.
+    closed: bool,
+}
+
+/// Largest chain (IPv4 total length is 16 bits).
+const MAX_CHAIN: usize = 65_000;
+
+impl Coalescer {
+    /// Offers one plain IP packet. Returns `true` if it was taken into the chain; otherwise
+    /// the caller must `flush` and then write the packet as it is (or offer it again after
+    /// the flush).
+    pub fn offer(&mut self, pkt: &[u8]) -> bool {
+        let Some(seg) = TcpSeg::parse(pkt) else {
+            return false;
+        };
+        if seg.payload == 0 || seg.flags & !(0x10 | 0x08) != 0 || seg.flags & 0x10 == 0 {
+            return false; // only ACK (+PSH) segments with data
+        }
+        if self.segs == 0 {
+            self.start(pkt, &seg);
+            return true;
+        }
+        let hlen = self.l4 + self.thlen;
+        let first = &self.buf[VNET_HDR_LEN..VNET_HDR_LEN + hlen];
+        let same_headers = seg.v6 == self.v6
+            && seg.l4 == self.l4
+            && seg.thlen == self.thlen
+            && same_flow_headers(first, pkt, seg.v6, seg.l4, seg.thlen);
+        if self.closed
+            || !same_headers
+            || seg.seq != self.next_seq
+            || seg.payload > self.mss
+            || self.buf.len() - VNET_HDR_LEN + seg.payload > MAX_CHAIN
+            || self.segs >= 64
+        {
+            return false;
+        }
+        self.buf.extend_from_slice(&pkt[hlen..hlen + seg.payload]);
+        self.segs += 1;
+        self.next_seq = seg.seq.wrapping_add(seg.payload as u32);
+        if seg.payload < self.mss || seg.flags & 0x08 != 0 {
+            // Carry PSH to the super-packet; nothing may follow a short or PSH segment.
+            self.buf[VNET_HDR_LEN + self.l4 + 13] |= seg.flags & 0x08;
+            self.closed = true;
+        }
+        true
+    }
+
+    fn start(&mut self, pkt: &[u8], seg: &TcpSeg) {
+        self.buf.clear();
+        self.buf.extend_from_slice(&[0u8; VNET_HDR_LEN]);
+        let hlen = seg.l4 + seg.thlen;
+        self.buf.extend_from_slice(&pkt[..hlen + seg.payload]);
+        self.segs = 1;
+        self.mss = seg.payload;
+        self.l4 = seg.l4;
+        self.thlen = seg.thlen;
+        self.v6 = seg.v6;
+        self.next_seq = seg.seq.wrapping_add(seg.payload as u32);
+        self.closed = seg.flags & 0x08 != 0;
+    }
+
+    /// Whether a chain is pending.
+    pub fn is_empty(&self) -> bool {
+        self.segs == 0
+    }
+
+    /// Finishes the pending chain and returns it (`virtio_net_hdr` + packet) for one TUN
+    /// write, or `None` when there is nothing pending.
+    pub fn flush(&mut self) -> Option<&[u8]> {
+        if self.segs == 0 {
+            return None;
+        }
+        let segs = std::mem::take(&mut self.segs);
+        let total = self.buf.len() - VNET_HDR_LEN;
+        let (l4, thlen, v6) = (self.l4, self.thlen, self.v6);
+        let p = &mut self.buf[VNET_HDR_LEN..];
+        if segs == 1 {
+            // A single segment: its checksums are intact, write it as it came.
+            return Some(&self.buf[..]);
+        }
+        if v6 {
+            let plen = (total - 40) as u16;
+            p[4..6].copy_from_slice(&plen.to_be_bytes());
+        } else {
+            p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+            p[10..12].copy_from_slice(&[0, 0]);
+            let c = checksum(&p[..l4]);
+            p[10..12].copy_from_slice(&c.to_be_bytes());
+        }
+        // CHECKSUM_PARTIAL: the TCP checksum field holds the folded pseudo-header sum.
+        let tcp_len = (total - l4) as u32;
+        let mut sum = if v6 {
+            sum16(0, &p[8..40])
+        } else {
+            sum16(0, &p[12..20])
+        };
+        sum += 6 + (tcp_len & 0xffff) + (tcp_len >> 16);
+        let seed = !fold(sum);
+        p[l4 + 16..l4 + 18].copy_from_slice(&seed.to_be_bytes());
+        let hdr = &mut self.buf[..VNET_HDR_LEN];
+        hdr[0] = F_NEEDS_CSUM;
+        hdr[1] = if v6 { GSO_TCPV6 } else { GSO_TCPV4 };
+        hdr[2..4].copy_from_slice(&((l4 + thlen) as u16).to_le_bytes());
+        hdr[4..6].copy_from_slice(&(self.mss as u16).to_le_bytes());
+        hdr[6..8].copy_from_slice(&(l4 as u16).to_le_bytes());
+        hdr[8..10].copy_from_slice(&16u16.to_le_bytes());
+        Some(&self.buf[..])
+    }
+}
+
+/// The parts of a TCP segment coalescing looks at.
+struct TcpSeg {
+    v6: bool,
+    l4: usize,
+    thlen: usize,
+    payload: usize,
+    seq: u32,
+    flags: u8,
+}
+
+impl TcpSeg {
+    fn parse(p: &[u8]) -> Option<TcpSeg> {
+        let (v6, l4, total) = match p.first()? >> 4 {
+            4 => {
+                let ihl = usize::from(p[0] & 0x0f) * 4;
+                if ihl != 20 || p.len() < 40 || p[9] != 6 {
+                    return None;
+                }
+                // No fragments (MF set or an offset), and the length must match.
+                if u16::from_be_bytes([p[6], p[7]]) & 0x3fff != 0 {
+                    return None;
+                }
+                (false, 20, usize::from(u16::from_be_bytes([p[2], p[3]])))
+            }
+            6 => {
+                if p.len() < 60 || p[6] != 6 {
+                    return None;
+                }
+                (true, 40, 40 + usize::from(u16::from_be_bytes([p[4], p[5]])))
+            }
+            _ => return None,
+        };
+        if total != p.len() {
+            return None;
+        }
+        let thlen = usize::from(p[l4 + 12] >> 4) * 4;
+        if thlen < 20 || l4 + thlen > p.len() {
+            return None;
+        }
+        Some(TcpSeg {
+            v6,
+            l4,
+            thlen,
+            payload: p.len() - l4 - thlen,
+            seq: u32::from_be_bytes([p[l4 + 4], p[l4 + 5], p[l4 + 6], p[l4 + 7]]),
+            flags: p[l4 + 13],
+        })
+    }
+}
+
+/// Whether `b`'s headers match the chain's first headers `a` in everything but the fields
+/// that legitimately differ between segments of one burst (IP length, ID, checksum; TCP
+/// sequence number, PSH, checksum).
+fn same_flow_headers(a: &[u8], b: &[u8], v6: bool, l4: usize, thlen: usize) -> bool {
+    let ip_same = if v6 {
+        a[..4] == b[..4] && a[6..40] == b[6..40]
+    } else {
+        a[0..2] == b[0..2] && a[6..10] == b[6..10] && a[12..20] == b[12..20]
+    };
+    let t = l4;
+    ip_same
+        && a[t..t + 4] == b[t..t + 4] // ports
+        && a[t + 8..t + 12] == b[t + 8..t + 12] // ack
+        && a[t + 14..t + 16] == b[t + 14..t + 16] // window
+        && a[t + 18..t + thlen] == b[t + 18..t + thlen] // urgent pointer + options
+}
+
+#[cfg(test)]
+mod gro_tests {
+    use super::*;
+
+    fn seg4(seq: u32, payload: &[u8], flags: u8) -> Vec<u8> {
+        let total = 40 + payload.len();
+        let mut p = vec![
+            0x45,
+            0,
+            (total >> 8) as u8,
+            total as u8,
+            0,
+            1,
+            0x40,
+            0,
+            64,
+            6,
+            0,
+            0,
+        ];
+        p.extend_from_slice(&[10, 0, 0, 1, 10, 0, 0, 2]);
+        p.extend_from_slice(&[0x30, 0x39, 0x00, 0x50]);
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&[0, 0, 0, 7]);
+        p.extend_from_slice(&[0x50, flags, 0x01, 0x00, 0, 0, 0, 0]);
+        p.extend_from_slice(payload);
+        let c = checksum(&p[..20]);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn coalesced_chain_splits_back_into_the_same_segments() {
+        let mut g = Coalescer::default();
+        let a: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+        let b: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
+        let c: Vec<u8> = vec![9u8; 300];
+        assert!(g.offer(&seg4(100, &a, 0x10)));
+        assert!(g.offer(&seg4(1100, &b, 0x10)));
+        assert!(g.offer(&seg4(2100, &c, 0x18)));
+        assert!(
+            !g.offer(&seg4(2400, &c, 0x10)),
+            "nothing after a short/PSH segment"
+        );
+        let mut chain = g.flush().expect("chain").to_vec();
+        assert!(g.is_empty());
+        let hdr = VnetHdr::parse(&chain).expect("hdr");
+        assert_eq!(hdr.gso_type, GSO_TCPV4);
+        assert_eq!(hdr.gso_size, 1000);
+        assert_eq!(hdr.hdr_len, 40);
+        // What the kernel would do on forwarding: segment it again; we have that code.
+        let mut out = Vec::new();
+        split(&hdr, &mut chain[VNET_HDR_LEN..], &mut Vec::new(), |s| {
+            out.push(s.to_vec())
+        })
+        .expect("split");
+        assert_eq!(out.len(), 3);
+        let mut payload = Vec::new();
+        for s in &out {
+            payload.extend_from_slice(&s[40..]);
+        }
+        assert_eq!(payload, [a, b, c].concat());
+        assert_eq!(out[2][33] & 0x08, 0x08, "PSH kept on the last segment");
+    }
+
+    #[test]
+    fn gaps_other_flows_and_control_segments_are_not_coalesced() {
+        let mut g = Coalescer::default();
+        assert!(g.offer(&seg4(100, &[1; 500], 0x10)));
+        assert!(!g.offer(&seg4(700, &[1; 500], 0x10)), "gap in sequence");
+        let mut other = seg4(600, &[1; 500], 0x10);
+        other[23] = 0x51; // other destination port
+        assert!(!g.offer(&other));
+        assert!(!g.offer(&seg4(600, &[1; 500], 0x11)), "FIN");
+        assert!(!g.offer(&seg4(600, &[], 0x10)), "pure ACK");
+        assert!(!g.offer(&[0x45, 0, 0]), "garbage");
+        let single = g.flush().expect("one").to_vec();
+        assert_eq!(
+            &single[VNET_HDR_LEN..],
+            &seg4(100, &[1; 500], 0x10)[..],
+            "a lone segment is untouched"
+        );
+    }
+}
