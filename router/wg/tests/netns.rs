@@ -634,3 +634,67 @@ fn netns_setconf_syncconf_addconf_showconf() {
     site.wg(&["set", &site.ifname, "peer", &p3, "remove"]);
     assert!(!site.wg(&["show", &site.ifname, "peers"]).contains(&p3));
 }
+
+#[test]
+#[ignore = "netns tier: needs root"]
+fn netns_forwarding_through_the_tunnel_to_a_lan_host() {
+    // a (wireguard-go) -> tunnel -> b (sitelink-wg, forwards) -> veth -> lan host. The
+    // decrypted TCP segments are coalesced into GSO super-packets on b's TUN and forwarded:
+    // their checksums must come out right at the LAN host.
+    let p = pair(
+        Impl::WireguardGo,
+        Impl::Sitelink,
+        false,
+        "10.83.0.1/24",
+        "10.83.0.2/24",
+    );
+    let lan = Netns::new("ln").expect("lan netns");
+    let (vb, vl) = (unique_name("vb"), unique_name("vl"));
+    veth_pair(&p.b.ns, &vb, &lan, &vl).expect("lan veth");
+    p.b.ns
+        .addr_up(&vb, "172.31.0.1/24")
+        .expect("router lan address");
+    lan.addr_up(&vl, "172.31.0.2/24").expect("host address");
+    p.b.ns
+        .run("sysctl", ["-qw", "net.ipv4.ip_forward=1"])
+        .expect("forwarding on");
+    lan.run("ip", ["route", "add", "10.83.0.0/24", "via", "172.31.0.1"])
+        .expect("lan route");
+    p.a.wg(&[
+        "set",
+        &p.a.ifname,
+        "peer",
+        &p.b.public,
+        "allowed-ips",
+        "10.83.0.2/32,172.31.0.0/24",
+    ]);
+    p.a.ns
+        .run("ip", ["route", "add", "172.31.0.0/24", "dev", &p.a.ifname])
+        .expect("route via tunnel");
+    p.a.ping("172.31.0.2", 3)
+        .expect("ping the LAN host through the tunnel");
+    for reverse in [false, true] {
+        let srv = lan.spawn("iperf3", ["-s", "-1"]).expect("iperf3 server");
+        std::thread::sleep(Duration::from_millis(300));
+        let mut args = vec!["-c", "172.31.0.2", "-t", "2"];
+        if reverse {
+            args.push("-R");
+        }
+        let out =
+            p.a.ns
+                .run("iperf3", args)
+                .expect("iperf3 through the router");
+        assert!(out.contains("receiver"), "{out}");
+        drop(srv);
+    }
+    let errs = lan
+        .run("nstat", ["-az", "TcpInCsumErrors"])
+        .unwrap_or_default();
+    let n: u64 = errs
+        .lines()
+        .find(|l| l.starts_with("TcpInCsumErrors"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert_eq!(n, 0, "TCP checksum errors at the LAN host:\n{errs}");
+}
