@@ -97,6 +97,22 @@ fuzz_target!(|data: &[u8]| {
                 let _ = Tunn::dst_address(s);
             });
         }
+        // Receive side: coalesce the input cut into pieces, then cut the chain again.
+        let mut gro = sitelink_wg::offload::Coalescer::default();
+        let cut = usize::from(mode).max(20);
+        for piece in rest.chunks(cut).chain(std::iter::once(rest)) {
+            if !gro.offer(piece) {
+                if let Some(chain) = gro.flush() {
+                    let mut chain = chain.to_vec();
+                    if let Some(h) = sitelink_wg::offload::VnetHdr::parse(&chain) {
+                        let body = &mut chain[sitelink_wg::offload::VNET_HDR_LEN..];
+                        let _ = sitelink_wg::offload::split(&h, body, &mut Vec::new(), |_| {});
+                    }
+                }
+                let _ = gro.offer(piece);
+            }
+        }
+        let _ = gro.flush();
     } else if mode & 1 == 0 {
         let _ = receive_datagram(&lab.dut, lab.sock.clone(), rest, src);
     } else if rest.len() <= 1500 {
