@@ -7,7 +7,8 @@
 //! - `sitelink-wg [-f] IFNAME` (argv[0] file name) or `sitelink-router wg [-f] IFNAME`: the
 //!   userspace WireGuard data plane (the wireguard-go process contract).
 //! - `sitelink-router version`: the version.
-//! - PID 1, or invoked as `/init` with no arguments: the image's init ([`sitelink_init::run`]).
+//! - PID 1 (unless given one of the commands above), or invoked as `/init` with no arguments: the
+//!   image's init ([`sitelink_init::run`]).
 //!   `sitelink-router init --check DIR` checks a config directory as the init would.
 //!
 //! Exit codes of `site` and `routed`: 0 stopped by a signal, 1 failed (restart me), 3 bad config
@@ -19,6 +20,17 @@ use std::process::ExitCode;
 
 const USAGE: &str =
     "usage: sitelink-router site CONFIG | routed CONFIG | status | wg [-f] IFNAME | init --check DIR | version";
+
+const COMMANDS: [&str; 8] = [
+    "site",
+    "routed",
+    "status",
+    "wg",
+    "init",
+    "version",
+    "--version",
+    "-V",
+];
 
 fn run_site(
     what: &str,
@@ -50,7 +62,11 @@ fn main() -> ExitCode {
         .and_then(|a| Path::new(a).file_name())
         .and_then(|n| n.to_str())
         .unwrap_or("sitelink-router");
-    if std::process::id() == 1 || (args.len() == 1 && args[0] == "/init") {
+    // The image's init: PID 1 (or `/init` without arguments), unless PID 1 was given one of our
+    // commands (a container running `sitelink-router site CONFIG` as its entry point).
+    let command =
+        invoked_as == "sitelink-wg" || args.get(1).is_some_and(|a| COMMANDS.contains(&a.as_str()));
+    if (std::process::id() == 1 && !command) || (args.len() == 1 && args[0] == "/init") {
         sitelink_init::run();
     }
     if invoked_as == "sitelink-wg" {
