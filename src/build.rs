@@ -24,6 +24,6 @@ pub fn build(
     opts.keys = keys.map(Path::to_owned);
     let report = sitelink_image::build(&opts)
         .with_context(|| format!("sitelink build {}", network.display()))?;
-    print!("{report}");
+    out!("{report}");
     Ok(())
 }

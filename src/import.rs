@@ -79,16 +79,20 @@ pub fn import_wg(files: &[PathBuf], keys_out: Option<&Path>) -> Result<()> {
     }
 
     if let Some(dir) = keys_out {
+        check_keys_out(dir, &secrets)?;
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
         for s in &secrets {
-            write_secret(&dir.join(&s.file), &s.base64)?;
+            let path = dir.join(&s.file);
+            if !path.exists() {
+                write_secret(&path, &s.base64)?;
+            }
         }
     }
-    print!(
+    out!(
         "# Imported by `sitelink import-wg` from {}.\n{}",
         files
             .iter()
@@ -97,6 +101,37 @@ pub fn import_wg(files: &[PathBuf], keys_out: Option<&Path>) -> Result<()> {
             .join(", "),
         toml::to_string(&out)?
     );
+    Ok(())
+}
+
+/// Before anything is written: the directory must be private like a keystore, and an existing
+/// key file must hold the same key (it is never overwritten).
+fn check_keys_out(dir: &Path, secrets: &[Secret]) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = fs::metadata(dir) {
+        let mode = meta.permissions().mode() & 0o777;
+        if !meta.is_dir() || mode & 0o077 != 0 {
+            return Err(anyhow!(
+                "--keys-out {}: must be a directory of mode 0700 (it is {}mode {mode:04o}): chmod 700 {}",
+                dir.display(),
+                if meta.is_dir() { "" } else { "not a directory, " },
+                dir.display()
+            )
+            .into());
+        }
+    }
+    for s in secrets {
+        let path = dir.join(&s.file);
+        if let Ok(existing) = fs::read_to_string(&path) {
+            if existing.trim() != s.base64 {
+                return Err(anyhow!(
+                    "{} already holds another key; not overwritten (move it away or pick another --keys-out)",
+                    path.display()
+                )
+                .into());
+            }
+        }
+    }
     Ok(())
 }
 

@@ -14,7 +14,7 @@ use sitelink_config::site;
 use sitelink_lab::netns::{self, run_dir};
 use sitelink_lab::plan::{LabPlan, SitePlan};
 
-use crate::{load_network, Result};
+use crate::{load_network, CliError, Result};
 
 /// How long `lab up` waits for every LAN to reach every other LAN.
 const MESH_TIMEOUT: Duration = Duration::from_secs(90);
@@ -120,9 +120,16 @@ fn start_router(network: &str, s: &SitePlan) -> Result<()> {
 /// simulate a crash) and start it again.
 pub fn restart(path: &Path, site: &str, kill: bool) -> Result<()> {
     let (net, plan) = plan(path)?;
-    let s = plan
-        .site(site)
-        .ok_or_else(|| anyhow!("no site {site:?} in the lab"))?;
+    let s = plan.site(site).ok_or_else(|| {
+        CliError::Usage(anyhow!(
+            "no site {site:?} in the lab; sites are {}",
+            plan.sites
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })?;
     let pid_file = run_dir(&net.name).join(site).join("router.pid");
     let pid = fs::read_to_string(&pid_file)
         .with_context(|| format!("cannot read {} (is the lab up?)", pid_file.display()))?;
@@ -137,7 +144,7 @@ pub fn restart(path: &Path, site: &str, kill: bool) -> Result<()> {
         return Err(anyhow!("the router of {site} (pid {pid}) did not stop within 10 s").into());
     }
     start_router(&net.name, s)?;
-    println!(
+    outln!(
         "restarted the router of {site} ({})",
         if kill {
             "after SIGKILL"
@@ -146,6 +153,21 @@ pub fn restart(path: &Path, site: &str, kill: bool) -> Result<()> {
         }
     );
     Ok(())
+}
+
+/// The (from, to) LAN pairs that must reach each other: every pair of sites with a tunnel or a
+/// common neighbour (validate warns about the others), and each site itself.
+fn expected_pairs(net: &Network) -> Vec<(String, String)> {
+    let n = net.sites.len();
+    let mut pairs = Vec::new();
+    for a in 0..n {
+        for b in 0..n {
+            if a == b || net.link(a, b).is_some() || !net.transits(a, b).is_empty() {
+                pairs.push((net.sites[a].name.clone(), net.sites[b].name.clone()));
+            }
+        }
+    }
+    pairs
 }
 
 /// `sitelink lab up NETWORK [--mode netns] [--detach]`
@@ -166,29 +188,38 @@ pub fn up(path: &Path, mode: &str, detach: bool, no_routers: bool) -> Result<()>
     .context("cannot install the Ctrl-C handler")?;
     let me = std::env::current_exe().context("cannot find this executable")?;
     netns::build(&plan, &me)?;
-    println!(
+    outln!(
         "lab {}: {} namespaces built in {:.1} s",
         net.name,
         plan.namespaces().len(),
         start.elapsed().as_secs_f64()
     );
     if !no_routers {
-        let result = start_routers(&net, &plan)
-            .and_then(|()| Ok(netns::wait_full_mesh(&plan, MESH_TIMEOUT)?));
+        let pairs = expected_pairs(&net);
+        let cancelled = || rx.try_recv().is_ok();
+        let result = start_routers(&net, &plan).and_then(|()| {
+            Ok(netns::wait_reachable(
+                &plan,
+                &pairs,
+                MESH_TIMEOUT,
+                &cancelled,
+            )?)
+        });
         if let Err(e) = result {
-            eprintln!(
-                "sitelink: lab up failed; router logs are in {}",
-                run_dir(&net.name).display()
-            );
-            print_logs(&net.name, &plan);
+            let interrupted = matches!(&e, CliError::Failed(f) if matches!(f.downcast_ref(), Some(netns::LabError::Cancelled)));
+            if interrupted {
+                eprintln!("sitelink: interrupted; taking the lab down");
+            } else {
+                eprintln!("sitelink: lab up failed; the last lines of each router's log follow, then the lab is taken down");
+                print_logs(&net.name, &plan);
+            }
             let _ = netns::down(&net.name);
             return Err(e);
         }
-        let n = plan.sites.len();
-        println!(
+        outln!(
             "lab {}: all {} LAN pairs reach each other, {:.1} s after start",
             net.name,
-            n * n,
+            pairs.len(),
             start.elapsed().as_secs_f64()
         );
     }
@@ -196,10 +227,10 @@ pub fn up(path: &Path, mode: &str, detach: bool, no_routers: bool) -> Result<()>
     if detach {
         return Ok(());
     }
-    println!("lab {} is up; Ctrl-C takes it down", net.name);
+    outln!("lab {} is up; Ctrl-C takes it down", net.name);
     let _ = rx.recv();
     netns::down(&net.name)?;
-    println!("lab {} is down", net.name);
+    outln!("lab {} is down", net.name);
     Ok(())
 }
 
@@ -216,9 +247,12 @@ fn print_logs(network: &str, plan: &LabPlan) {
 }
 
 fn print_table(plan: &LabPlan) {
-    println!(
+    outln!(
         "{:<12} {:<22} {:<16} {:<24} delay",
-        "site", "public", "lan host", "router ns"
+        "site",
+        "public",
+        "lan host",
+        "router ns"
     );
     for s in &plan.sites {
         let public = if s.nat.is_some() {
@@ -226,7 +260,7 @@ fn print_table(plan: &LabPlan) {
         } else {
             s.public.to_string()
         };
-        println!(
+        outln!(
             "{:<12} {:<22} {:<16} {:<24} {} ms",
             s.name,
             public,
@@ -241,7 +275,7 @@ fn print_table(plan: &LabPlan) {
 pub fn down(path: &Path) -> Result<()> {
     let net = load_network(path)?;
     let removed = netns::down(&net.name)?;
-    println!("lab {}: removed {} namespaces", net.name, removed.len());
+    outln!("lab {}: removed {} namespaces", net.name, removed.len());
     Ok(())
 }
 
@@ -261,16 +295,19 @@ pub fn status(path: &Path, json: bool) -> Result<()> {
             v["router_status"] = serde_json::Value::from(r.clone());
             all.push(v);
         }
-        println!("{}", serde_json::to_string_pretty(&all)?);
+        outln!("{}", serde_json::to_string_pretty(&all)?);
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<12} {:<16} {:<16} {:<6} router pids",
-        "site", "public", "lan host", "up"
+        "site",
+        "public",
+        "lan host",
+        "up"
     );
     for s in &sites {
         let pids: Vec<String> = s.router_pids.iter().map(ToString::to_string).collect();
-        println!(
+        outln!(
             "{:<12} {:<16} {:<16} {:<6} {}",
             s.site,
             s.public,
@@ -281,7 +318,7 @@ pub fn status(path: &Path, json: bool) -> Result<()> {
     }
     for (s, r) in sites.iter().zip(&routers) {
         if let Some(text) = r {
-            println!("\n== {} ==\n{}", s.site, text.trim_end());
+            outln!("\n== {} ==\n{}", s.site, text.trim_end());
         }
     }
     Ok(())
@@ -296,8 +333,13 @@ pub fn exec(path: &Path, site: &str, argv: &[String]) -> Result<i32> {
 /// `sitelink lab cut|heal NETWORK A B`
 pub fn cut(path: &Path, a: &str, b: &str, heal: bool) -> Result<()> {
     let (_, plan) = plan(path)?;
+    if a == b {
+        return Err(CliError::Usage(anyhow!(
+            "{a} and {b} are the same site; name two sites"
+        )));
+    }
     netns::cut(&plan, a, b, heal)?;
-    println!("{} {a} <-> {b}", if heal { "healed" } else { "cut" });
+    outln!("{} {a} <-> {b}", if heal { "healed" } else { "cut" });
     Ok(())
 }
 

@@ -4,6 +4,23 @@ use std::fmt;
 use std::fs;
 use std::path::Path;
 
+/// `println!` that ignores a closed stdout (`sitelink lab up | head -1` must not panic with the
+/// lab half built: the work goes on, only the output is lost).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `print!` that ignores a closed stdout.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 use sitelink_config::diag::Diagnostic;
 use sitelink_config::keys::{KeyAction, Keystore, PublicKey};
 use sitelink_config::network::{self, Network};
@@ -20,6 +37,8 @@ pub use import::import_wg;
 pub enum CliError {
     /// The input was refused; every problem was printed as a diagnostic. Exit code 2.
     Invalid { what: String, errors: usize },
+    /// A wrong argument (an unknown site, ...). Exit code 2.
+    Usage(anyhow::Error),
     /// Anything else. Exit code 1.
     Failed(anyhow::Error),
 }
@@ -27,7 +46,7 @@ pub enum CliError {
 impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
-            CliError::Invalid { .. } => 2,
+            CliError::Invalid { .. } | CliError::Usage(_) => 2,
             CliError::Failed(_) => 1,
         }
     }
@@ -40,22 +59,50 @@ impl fmt::Display for CliError {
                 let s = if *errors == 1 { "" } else { "s" };
                 write!(f, "{what}: {errors} error{s}, nothing done")
             }
-            CliError::Failed(e) => write!(f, "{e:#}"),
+            CliError::Failed(e) | CliError::Usage(e) => write!(f, "{e:#}"),
         }
     }
 }
 
 impl<E: Into<anyhow::Error>> From<E> for CliError {
+    /// Errors that name an argument the user got wrong exit 2; the rest exit 1.
     fn from(e: E) -> Self {
-        CliError::Failed(e.into())
+        let e = e.into();
+        let usage = matches!(
+            e.downcast_ref(),
+            Some(site::RenderError::UnknownSite { .. })
+        ) || matches!(
+            e.downcast_ref(),
+            Some(sitelink_lab::netns::LabError::UnknownSite { .. })
+        );
+        if usage {
+            CliError::Usage(e)
+        } else {
+            CliError::Failed(e)
+        }
     }
 }
 
 pub type Result<T> = std::result::Result<T, CliError>;
 
+/// Read a text input. Bytes that are not UTF-8 are an input error with their place.
 fn read(path: &Path) -> Result<String> {
-    fs::read_to_string(path)
-        .map_err(|e| CliError::Failed(anyhow::anyhow!("cannot read {}: {e}", path.display())))
+    let bytes = fs::read(path)
+        .map_err(|e| CliError::Failed(anyhow::anyhow!("cannot read {}: {e}", path.display())))?;
+    String::from_utf8(bytes).map_err(|e| {
+        let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line = good.iter().filter(|&&b| b == b'\n').count() + 1;
+        let col = good.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+        let bad = e.as_bytes().get(good.len()).copied().unwrap_or(0);
+        eprintln!(
+            "{}:{line}:{col}: not UTF-8 text (byte 0x{bad:02x}); save the file as UTF-8",
+            path.display()
+        );
+        CliError::Invalid {
+            what: path.display().to_string(),
+            errors: 1,
+        }
+    })
 }
 
 fn print_diagnostics(diags: &[Diagnostic]) {
@@ -81,7 +128,7 @@ pub fn load_network(path: &Path) -> Result<Network> {
 /// `sitelink validate NETWORK.toml`
 pub fn validate(path: &Path) -> Result<()> {
     let net = load_network(path)?;
-    print!("{}", summary(&net));
+    out!("{}", summary(&net));
     Ok(())
 }
 
@@ -164,7 +211,7 @@ fn key_source<'a>(
 pub fn render(path: &Path, site_name: &str, keys: Option<&Path>) -> Result<()> {
     let net = load_network(path)?;
     let cfg = site::render(&net, site_name, key_source(&net, keys))?;
-    print!("{}", cfg.to_toml());
+    out!("{}", cfg.to_toml());
     Ok(())
 }
 
@@ -174,11 +221,10 @@ pub fn keys_init(path: &Path, out: &Path, rotate: Option<&str>) -> Result<()> {
     if let Some(r) = rotate {
         if net.position(r).is_none() {
             let known: Vec<&str> = net.sites.iter().map(|s| s.name.as_str()).collect();
-            return Err(anyhow::anyhow!(
+            return Err(CliError::Usage(anyhow::anyhow!(
                 "--rotate {r:?}: no such site; sites are {}",
                 known.join(", ")
-            )
-            .into());
+            )));
         }
     }
     let names: Vec<&str> = net.sites.iter().map(|s| s.name.as_str()).collect();
@@ -189,7 +235,7 @@ pub fn keys_init(path: &Path, out: &Path, rotate: Option<&str>) -> Result<()> {
             KeyAction::Created => "created",
             KeyAction::Rotated => "rotated",
         };
-        println!(
+        outln!(
             "{verb:<8} {}  public key {}",
             store.key_path(&site).display(),
             store.public(&site)?
@@ -201,7 +247,7 @@ pub fn keys_init(path: &Path, out: &Path, rotate: Option<&str>) -> Result<()> {
 /// `sitelink bench routes [--routes N]`
 pub fn bench_routes(routes: usize) -> Result<()> {
     let report = sitelink_routes::bench(routes)?;
-    print!("{report}");
+    out!("{report}");
     Ok(())
 }
 

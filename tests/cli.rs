@@ -138,7 +138,11 @@ fn keys_init_writes_private_keys_0600_and_keeps_them() {
         "--rotate",
         "gpc",
     ]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an unknown site is an input error"
+    );
     assert!(text(&out.stderr).contains("no such site"));
 
     // A group-readable key is refused, and nothing changes.
@@ -212,7 +216,11 @@ fn render_without_keys_says_how_to_get_them() {
         "--keys",
         "configs/golden/keys",
     ]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an unknown site is an input error"
+    );
     assert!(text(&out.stderr).contains("no site \"nope\""));
 }
 
@@ -274,4 +282,64 @@ fn import_wg_reads_wg_quick_files_and_writes_keys_only_when_all_are_valid() {
         fs::read_to_string(keys.join("office.key")).unwrap().trim(),
         private
     );
+}
+
+#[test]
+fn text_that_is_not_utf8_is_an_input_error_with_its_place() {
+    let tmp = TempDir::new("utf8");
+    let file = tmp.path("net.toml");
+    fs::write(&file, b"name = \"x\"\nbad = \"\xff\"\n").unwrap();
+    let out = sitelink(&["validate", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).starts_with(&format!("{}:2:8: not UTF-8", file.display())),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn import_wg_never_overwrites_a_key_nor_writes_into_an_open_directory() {
+    let tmp = TempDir::new("import-keys");
+    let conf = tmp.path("wg0.conf");
+    fs::write(
+        &conf,
+        "[Interface]\nPrivateKey = yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=\n",
+    )
+    .unwrap();
+    let open_dir = tmp.path("open");
+    fs::create_dir(&open_dir).unwrap();
+    fs::set_permissions(&open_dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let out = sitelink(&[
+        "import-wg",
+        conf.to_str().unwrap(),
+        "--keys-out",
+        open_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("chmod 700"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!open_dir.join("wg0.key").exists());
+
+    let dir = tmp.path("keys");
+    fs::create_dir(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+    let other = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\n";
+    fs::write(dir.join("wg0.key"), other).unwrap();
+    let out = sitelink(&[
+        "import-wg",
+        conf.to_str().unwrap(),
+        "--keys-out",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("already holds another key"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(fs::read_to_string(dir.join("wg0.key")).unwrap(), other);
 }

@@ -36,7 +36,7 @@ struct Lab {
 
 impl Lab {
     fn new(tag: &str) -> Lab {
-        let name = format!("t{tag}{}", std::process::id());
+        let name = format!("t{tag}-{}", std::process::id());
         let seed = fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/configs/seed-mesh.toml"
@@ -56,14 +56,14 @@ impl Lab {
         sitelink(&all)
     }
     fn ns(&self, role: &str, site: &str) -> String {
-        format!("sl-{}-{role}-{site}", self.name)
+        format!("sl_{}_{role}_{site}", self.name)
     }
     fn namespaces(&self) -> Vec<String> {
         let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| l.split_whitespace().next())
-            .filter(|n| n.starts_with(&format!("sl-{}-", self.name)))
+            .filter(|n| n.starts_with(&format!("sl_{}_", self.name)))
             .map(str::to_owned)
             .collect()
     }
@@ -168,6 +168,25 @@ fn netns_lab_topology_delays_cut_heal_down() {
             .code(),
         Some(1)
     );
+
+    // `lab down` of a network whose name is a prefix of this one ("ttopo" of "ttopo-PID")
+    // leaves this lab alone.
+    let other = Lab {
+        file: std::env::temp_dir().join("ttopo-prefix.toml"),
+        name: "ttopo".into(),
+    };
+    let seed = fs::read_to_string(&lab.file)
+        .unwrap()
+        .replace(&format!("name = \"{}\"", lab.name), "name = \"ttopo\"");
+    fs::write(&other.file, seed).unwrap();
+    assert!(other.run(&["lab", "down"]).status.success());
+    assert_eq!(
+        lab.namespaces().len(),
+        10,
+        "lab down of \"ttopo\" touched \"{}\"",
+        lab.name
+    );
+    drop(other);
 
     // A second `up` is refused while the lab runs.
     let again = lab.run(&["lab", "up", "--no-routers", "--detach"]);

@@ -29,6 +29,8 @@ pub enum LabError {
     },
     #[error("the lab needs root (network namespaces); run as root")]
     NotRoot,
+    #[error("interrupted")]
+    Cancelled,
     #[error("timed out after {secs} s waiting for {what}")]
     Timeout { secs: u64, what: String },
 }
@@ -353,7 +355,11 @@ pub fn exec(plan: &LabPlan, site_name: &str, argv: &[String]) -> Result<i32, Lab
             "cannot run {}",
             cmd::cmdline("ip netns exec", &[&s.lan_ns])
         )))?;
-    Ok(status.code().unwrap_or(128 + 9))
+    use std::os::unix::process::ExitStatusExt;
+    Ok(status
+        .code()
+        .or_else(|| status.signal().map(|sig| 128 + sig))
+        .unwrap_or(1))
 }
 
 /// Drop (cut) or restore (heal) WAN traffic between the routers of sites `a` and `b`.
@@ -374,30 +380,53 @@ pub fn cut(plan: &LabPlan, a: &str, b: &str, heal: bool) -> Result<(), LabError>
     Ok(())
 }
 
-/// Ping every LAN host from every LAN host once; the pairs that failed.
-pub fn unreachable_pairs(plan: &LabPlan) -> Vec<(String, String)> {
-    let mut failed = Vec::new();
-    for a in &plan.sites {
-        for b in &plan.sites {
-            let ok = run_in(
+/// Ping once over each of `pairs` (site names, from the LAN host of the first to the LAN host of
+/// the second); the pairs that failed.
+pub fn unreachable_pairs(
+    plan: &LabPlan,
+    pairs: &[(String, String)],
+    cancelled: &dyn Fn() -> bool,
+) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .take_while(|_| !cancelled())
+        .filter(|(a, b)| {
+            let (Some(a), Some(b)) = (plan.site(a), plan.site(b)) else {
+                return true;
+            };
+            run_in(
                 &a.lan_ns,
                 "ping",
                 &["-c1", "-W1", "-q", &b.host.addr().to_string()],
             )
-            .is_ok();
-            if !ok {
-                failed.push((a.name.clone(), b.name.clone()));
-            }
-        }
-    }
-    failed
+            .is_err()
+        })
+        .cloned()
+        .collect()
 }
 
-/// Wait until every LAN host reaches every other one.
-pub fn wait_full_mesh(plan: &LabPlan, timeout: Duration) -> Result<Duration, LabError> {
+/// Wait until every pair in `pairs` answers. `cancelled` is polled between rounds (Ctrl-C).
+pub fn wait_reachable(
+    plan: &LabPlan,
+    pairs: &[(String, String)],
+    timeout: Duration,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<Duration, LabError> {
     let start = Instant::now();
+    // `cancelled` may consume its signal: remember it once seen.
+    let seen = std::cell::Cell::new(false);
+    let stop = || {
+        seen.get()
+            || (cancelled() && {
+                seen.set(true);
+                true
+            })
+    };
     loop {
-        let failed = unreachable_pairs(plan);
+        let failed = unreachable_pairs(plan, pairs, &stop);
+        if stop() {
+            return Err(LabError::Cancelled);
+        }
         if failed.is_empty() {
             return Ok(start.elapsed());
         }
@@ -406,7 +435,7 @@ pub fn wait_full_mesh(plan: &LabPlan, timeout: Duration) -> Result<Duration, Lab
             return Err(LabError::Timeout {
                 secs: timeout.as_secs(),
                 what: format!(
-                    "every LAN to reach every other LAN; still failing: {}",
+                    "the LANs to reach each other; still failing: {}",
                     pairs.join(" ")
                 ),
             });

@@ -1,13 +1,13 @@
 //! The lab's wiring, computed from a network without touching the system (unit-testable).
 //!
 //! ```text
-//!   [sl-N-l-aws] eth0 ── lan0 [sl-N-r-aws] wan0 ── w-0 ┐
-//!   [sl-N-l-gcp] eth0 ── lan0 [sl-N-r-gcp] wan0 ── w-1 ├ br0 [sl-N-inet] (gateway address)
-//!   [sl-N-l-office] eth0 ── lan0 [sl-N-r-office] wan0 ── in0 [sl-N-n-office] out0 ── w-3 ┘
+//!   [sl_N_l_aws] eth0 ── lan0 [sl_N_r_aws] wan0 ── w-0 ┐
+//!   [sl_N_l_gcp] eth0 ── lan0 [sl_N_r_gcp] wan0 ── w-1 ├ br0 [sl_N_inet] (gateway address)
+//!   [sl_N_l_office] eth0 ── lan0 [sl_N_r_office] wan0 ── in0 [sl_N_n_office] out0 ── w-3 ┘
 //! ```
-//! Namespaces: `sl-<network>-inet` (the internet: one bridge), per site `sl-<network>-r-<site>`
-//! (router), `sl-<network>-l-<site>` (LAN host at .10) and, for a site behind NAT,
-//! `sl-<network>-n-<site>` (a masquerading NAT box). Each site's one-way delay is a netem qdisc on
+//! Namespaces: `sl_<network>_inet` (the internet: one bridge), per site `sl_<network>_r_<site>`
+//! (router), `sl_<network>_l_<site>` (LAN host at .10) and, for a site behind NAT,
+//! `sl_<network>_n_<site>` (a masquerading NAT box). Each site's one-way delay is a netem qdisc on
 //! its outgoing WAN link, so the round trip between two sites is the sum of their delays.
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -85,9 +85,10 @@ pub struct LabPlan {
     pub sites: Vec<SitePlan>,
 }
 
-/// Prefix of every namespace of the lab of `network`.
+/// Prefix of every namespace of the lab of `network`. `_` appears in no network or site name, so
+/// the prefix of network "seed" never matches the namespaces of network "seed-mesh".
 pub fn ns_prefix(network: &str) -> String {
-    format!("sl-{network}-")
+    format!("sl_{network}_")
 }
 
 /// The address `offset` hosts into the subnet of `net`.
@@ -155,7 +156,7 @@ impl LabPlan {
                     })?;
                 used.push(outside);
                 Some(NatPlan {
-                    ns: format!("{prefix}n-{site}"),
+                    ns: format!("{prefix}n_{site}"),
                     inside: IpNet::new(gateway, wan.prefix_len())
                         .map_err(|_| PlanError::NotIpv4 { site: site.clone() })?,
                     outside: Ipv4Net::new(outside, subnet.prefix_len()).unwrap_or(subnet),
@@ -189,8 +190,8 @@ impl LabPlan {
             })?;
             let host6 = s.lan.address6.as_ref().and_then(|a| nth_host(a, 0x10));
             sites.push(SitePlan {
-                router_ns: format!("{prefix}r-{site}"),
-                lan_ns: format!("{prefix}l-{site}"),
+                router_ns: format!("{prefix}r_{site}"),
+                lan_ns: format!("{prefix}l_{site}"),
                 name: site,
                 wan,
                 gateway,
@@ -248,12 +249,12 @@ mod tests {
     #[test]
     fn seed_mesh_lab() {
         let plan = LabPlan::new(&seed()).unwrap();
-        assert_eq!(plan.inet_ns, "sl-seed-mesh-inet");
+        assert_eq!(plan.inet_ns, "sl_seed-mesh_inet");
         assert_eq!(plan.internet.to_string(), "198.51.100.254/24");
         let aws = plan.site("aws").unwrap();
         assert_eq!(
             (aws.router_ns.as_str(), aws.lan_ns.as_str()),
-            ("sl-seed-mesh-r-aws", "sl-seed-mesh-l-aws")
+            ("sl_seed-mesh_r_aws", "sl_seed-mesh_l_aws")
         );
         assert_eq!(aws.host.to_string(), "10.1.0.10/24");
         assert_eq!(aws.public.to_string(), "198.51.100.1");

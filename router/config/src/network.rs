@@ -238,10 +238,14 @@ impl Network {
         self.sites.iter().position(|s| s.name == name)
     }
 
-    /// The link between two positions, if there is one.
+    /// The link between two positions, if there is one. `links` is sorted by (b, a).
     pub fn link(&self, x: usize, y: usize) -> Option<&Link> {
         let (a, b) = if x < y { (x, y) } else { (y, x) };
-        self.links.iter().find(|l| l.a == a && l.b == b)
+        let i = self
+            .links
+            .binary_search_by_key(&(b, a), |l| (l.b, l.a))
+            .ok()?;
+        self.links.get(i)
     }
 
     /// Positions of the sites `s` has a tunnel to, in site order.
@@ -866,8 +870,39 @@ impl Validator<'_> {
             .filter_map(|(i, s)| Some((i, s.as_ref()?)))
             .collect();
         for (k, &(i, s)) in sites.iter().enumerate() {
+            // Two sites cannot share a WAN address or an endpoint.
+            for &(j, t) in sites.iter().take(k) {
+                if let (Some(a), Some(b)) = (s.wan.address, t.wan.address) {
+                    if a.addr() == b.addr() {
+                        self.error(
+                            &format!("sites[{i}].wan.address"),
+                            format!("{} is also the WAN address of site {:?} (sites[{j}].wan.address); every router needs its own", a.addr(), t.name),
+                        );
+                    }
+                }
+                if let (Some(a), Some(b)) = (&s.endpoint, &t.endpoint) {
+                    if a == b {
+                        self.error(
+                            &format!("sites[{i}].endpoint"),
+                            format!("{a} is also the endpoint of site {:?} (sites[{j}].endpoint); peers could not tell the two apart", t.name),
+                        );
+                    }
+                }
+            }
             for (pi, p) in s.lan.prefixes.iter().enumerate() {
                 let path = format!("sites[{i}].lan.prefixes[{pi}]");
+                // A LAN inside a WAN subnet would route the WAN into the tunnels.
+                for &(_, t) in &sites {
+                    if let Some(wan) = t.wan.address {
+                        let subnet = wan.trunc();
+                        if p.contains(&subnet) || subnet.contains(p) {
+                            self.error(
+                                &path,
+                                format!("{p} overlaps the WAN subnet {subnet} of site {:?}; a LAN prefix must not cover any router's WAN", t.name),
+                            );
+                        }
+                    }
+                }
                 if let (Some(pool), IpNet::V4(p4)) = (pool, p) {
                     if pool.contains(p4) || p4.contains(&pool) {
                         self.error(&path, format!("{p} overlaps the tunnel pool {pool}; pick another prefix or set `tunnel_pool`"));

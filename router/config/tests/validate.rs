@@ -366,3 +366,70 @@ fn syntax_errors_have_a_place() {
     let (line, _, _) = only_error(&text);
     assert_eq!(line, 10);
 }
+
+#[test]
+fn shared_wan_addresses_endpoints_and_lans_over_wans_are_refused() {
+    let wan = |addr: &str| {
+        format!(
+            "[sites.wan]\nmode = \"static\"\naddress = \"{addr}\"\ngateway = \"198.51.100.254\"\n"
+        )
+    };
+    let text = replace(
+        "[sites.lan]\naddress = \"10.1.0.1/24\"",
+        &format!(
+            "{}[sites.lan]\naddress = \"10.1.0.1/24\"",
+            wan("198.51.100.1/24")
+        ),
+    )
+    .replacen(
+        "[sites.lan]\naddress = \"10.2.0.1/24\"",
+        &format!(
+            "{}[sites.lan]\naddress = \"10.2.0.1/24\"",
+            wan("198.51.100.1/24")
+        ),
+        1,
+    );
+    let (_, path, msg) = only_error(&text);
+    assert_eq!(path, "sites[1].wan.address");
+    assert!(msg.contains("site \"aws\""), "{msg}");
+
+    let text = replace("198.51.100.2:51820", "198.51.100.1:51820");
+    let (_, path, msg) = only_error(&text);
+    assert_eq!(path, "sites[1].endpoint");
+    assert!(msg.contains("site \"aws\""), "{msg}");
+
+    let text = replace(
+        "[sites.lan]\naddress = \"10.1.0.1/24\"",
+        &format!(
+            "{}[sites.lan]\naddress = \"10.1.0.1/24\"",
+            wan("198.51.100.1/24")
+        ),
+    )
+    .replacen("10.2.0.1/24", "198.51.100.9/24", 1);
+    let (_, path, msg) = only_error(&text);
+    assert_eq!(path, "sites[1].lan.prefixes[0]");
+    assert!(
+        msg.contains("WAN subnet 198.51.100.0/24 of site \"aws\""),
+        "{msg}"
+    );
+}
+
+#[test]
+fn large_networks_validate_quickly() {
+    let mut text = String::from("name = \"big\"\ntunnel_pool = \"10.128.0.0/14\"\n");
+    for i in 0..500 {
+        text.push_str(&format!("[[sites]]\nname = \"s{i}\"\nendpoint = \"198.51.{}.{}:40000\"\n[sites.lan]\naddress = \"10.{}.{}.1/24\"\n", i / 250, i % 250 + 1, i / 250 + 1, i % 250));
+    }
+    let start = std::time::Instant::now();
+    let parsed = parse(&text, "big.toml");
+    assert!(
+        parsed.network.is_some(),
+        "{:#?}",
+        parsed.diagnostics.first()
+    );
+    assert!(
+        start.elapsed().as_secs_f64() < 5.0,
+        "500 sites took {:?}",
+        start.elapsed()
+    );
+}

@@ -51,7 +51,7 @@ pub enum RoutesError {
     #[error("network namespace {what}: {errno}")]
     Netns { what: String, errno: io::Error },
     /// Writing the status file failed.
-    #[error("cannot write status file {path}: {errno}")]
+    #[error("status file {path}: {errno}")]
     Status { path: String, errno: io::Error },
 }
 
