@@ -38,6 +38,8 @@ const BATCH: usize = 64;
 const LOAD_WINDOW: Duration = Duration::from_millis(20);
 /// More packets than this in one window: heavy load, two data threads (~5,000 packets/s).
 const HEAVY_PER_WINDOW: usize = 100;
+/// Default light-load busy-poll window after a sent packet, in microseconds.
+const DEFAULT_BUSY_POLL_US: u64 = 50;
 /// Fewer than this for `QUIET_WINDOWS` windows in a row: back to light load.
 const LIGHT_PER_WINDOW: usize = 25;
 const QUIET_WINDOWS: u32 = 10;
@@ -526,7 +528,7 @@ fn tun_to_udp(shared: &Shared) {
         }
         view.refresh(shared);
         let snap = view.snap.clone();
-        let (sent, err) = tx.drain(shared, &snap);
+        let (sent, err) = tx.drain(shared, &snap, BATCH);
         if let Some(count) = meter.add(sent) {
             quiet = note_quiet(shared, count, quiet);
         }
@@ -640,11 +642,20 @@ impl TxBatch {
         }
     }
 
-    /// Reads every packet queued on the (non-blocking) TUN, up to a batch, cuts TSO
+    /// Reads the packets queued on the (non-blocking) TUN, up to `max_reads`, cuts TSO
     /// super-packets into segments, encrypts each with its peer's session and sends them with
     /// as few `sendmmsg` calls as possible. Returns the number of datagrams sent and a read
     /// error other than "would block".
-    fn drain(&mut self, shared: &Shared, snap: &Snapshot) -> (usize, Option<io::Error>) {
+    ///
+    /// Light load reads one packet per call: the read that would only say "would block" sits
+    /// on the round-trip path of every ping, and the caller's next `poll` finds any packet
+    /// left behind.
+    fn drain(
+        &mut self,
+        shared: &Shared,
+        snap: &Snapshot,
+        max_reads: usize,
+    ) -> (usize, Option<io::Error>) {
         let TxBatch {
             inbuf,
             scratch,
@@ -653,7 +664,7 @@ impl TxBatch {
         out.meta.clear();
         out.pushed = 0;
         let mut read_err = None;
-        for _ in 0..BATCH {
+        for _ in 0..max_reads {
             let n = match (&shared.tun).read(inbuf) {
                 Ok(n) => n,
                 Err(e) => {
@@ -690,6 +701,13 @@ fn flush(snap: &Snapshot, shared: &Shared, bufs: &[Vec<u8>], meta: &[(usize, Soc
         .zip(bufs)
         .filter_map(|(&(len, to), buf)| wire_addr(to, snap.dual_stack).map(|a| (&buf[..len], a)))
         .collect();
+    if let [(data, to)] = packets[..] {
+        // One datagram (light load): a plain sendto, no batch to build.
+        if let Err(e) = snap.sock.send_to(data, to) {
+            log::debug!("{}: send to {to}: {e}", shared.name);
+        }
+        return;
+    }
     let fd = snap.sock.as_raw_fd();
     let sent = if shared.gso.load(Ordering::Relaxed) {
         match sys::send_batch_gso(fd, &packets) {
@@ -730,6 +748,19 @@ fn udp_to_tun(shared: &Shared) {
     let mut tx = TxBatch::new();
     let mut meter = LoadMeter::new();
     let mut gro = offload::Coalescer::default();
+    // Light-load busy poll (like the kernel's `net.core.busy_poll`): right after this thread
+    // sent a packet, poll without sleeping for up to this long, because the answer usually
+    // comes back within tens of microseconds and waking a halted CPU costs about as much (on
+    // this project's VMs, where the idle loop does not halt-poll, it is most of a ping's
+    // round trip). Heavy load never spins; an idle interface never spins.
+    // `SITELINK_WG_BUSY_POLL_US=0` turns it off.
+    let spin = Duration::from_micros(
+        std::env::var("SITELINK_WG_BUSY_POLL_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_BUSY_POLL_US),
+    );
+    let mut active = false;
     while !shared.stop.load(Ordering::Relaxed) {
         let mut wrote_tun = false;
         view.refresh(shared);
@@ -738,15 +769,26 @@ fn udp_to_tun(shared: &Shared) {
         if !shared.heavy.load(Ordering::Acquire) {
             // Light load: this thread serves the TUN as well.
             shared.udp_polls_tun.store(true, Ordering::Release);
-            let polled = sys::poll_readable2(
-                snap.sock.as_raw_fd(),
-                shared.tun.as_raw_fd(),
-                Duration::from_millis(200),
-            );
+            let (ufd, tfd) = (snap.sock.as_raw_fd(), shared.tun.as_raw_fd());
+            let mut polled = Ok((false, false));
+            if active && !spin.is_zero() {
+                let t0 = Instant::now();
+                loop {
+                    polled = sys::poll_readable2(ufd, tfd, Duration::ZERO);
+                    if !matches!(polled, Ok((false, false))) || t0.elapsed() >= spin {
+                        break;
+                    }
+                    std::hint::spin_loop();
+                }
+            }
+            if matches!(polled, Ok((false, false))) {
+                polled = sys::poll_readable2(ufd, tfd, Duration::from_millis(200));
+            }
             let (udp_ready, tun_ready) = polled.unwrap_or((false, false));
             if tun_ready {
-                light_sent = tx.drain(shared, &snap).0;
+                light_sent = tx.drain(shared, &snap, 1).0;
             }
+            active = light_sent > 0;
             if !udp_ready {
                 if let Some(count) = meter.add(light_sent) {
                     go_heavy_if_busy(shared, count);
@@ -756,11 +798,12 @@ fn udp_to_tun(shared: &Shared) {
         } else {
             shared.udp_polls_tun.store(false, Ordering::Release);
         }
-        // Light load: a short batch (less per-call setup); heavy load: the full batch.
+        // Light load: one message per `poll` (a batch would try once more and find nothing);
+        // heavy load: the full batch.
         let want = if shared.heavy.load(Ordering::Relaxed) {
             BATCH
         } else {
-            LATENCY_BATCH * 2
+            1
         };
         let n = match sys::recv_batch(snap.sock.as_raw_fd(), &mut bufs[..want], &mut meta[..want]) {
             Ok(n) => n,
@@ -777,6 +820,7 @@ fn udp_to_tun(shared: &Shared) {
                 continue;
             }
         };
+        active = true;
         let mut datagrams = 0;
         for i in 0..n {
             let m = meta[i];
@@ -836,7 +880,12 @@ fn udp_to_tun(shared: &Shared) {
             // thread: one thread wake-up less per request/response round trip. Under bulk load
             // (full batches) the TUN thread does this work, so the two threads do not fight
             // over the peer lock.
-            answered = tx.drain(shared, &snap).0;
+            let reads = if shared.heavy.load(Ordering::Relaxed) {
+                BATCH
+            } else {
+                1
+            };
+            answered = tx.drain(shared, &snap, reads).0;
         }
         if !shared.heavy.load(Ordering::Relaxed) {
             if let Some(count) = meter.add(light_sent + datagrams + answered) {
