@@ -137,10 +137,10 @@ pub fn restart(path: &Path, site: &str, kill: bool) -> Result<()> {
     let signal = if kill { "-KILL" } else { "-TERM" };
     let _ = Command::new("kill").args([signal, &pid]).status();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while Path::new("/proc").join(&pid).exists() && Instant::now() < deadline {
+    while netns::alive(&pid) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    if Path::new("/proc").join(&pid).exists() {
+    if netns::alive(&pid) {
         return Err(anyhow!("the router of {site} (pid {pid}) did not stop within 10 s").into());
     }
     start_router(&net.name, s)?;

@@ -1,5 +1,5 @@
 //! The sitelink lab: a whole network on one machine. Namespace mode builds each site's router
-//! and LAN host as network namespaces around one "internet" bridge, with per-site netem delay
+//! and LAN host as network namespaces around one "internet" (a userspace switch with per-site delay)
 //! and a NAT box for sites behind NAT.
 #![deny(unsafe_code)] // allowed only in `tap`
 

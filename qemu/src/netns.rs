@@ -304,7 +304,7 @@ pub fn down(network: &str) -> Result<Vec<String>, LabError> {
 }
 
 /// Whether process `pid` still runs (a zombie waiting for its parent does not).
-fn alive(pid: &str) -> bool {
+pub fn alive(pid: &str) -> bool {
     fs::read_to_string(Path::new("/proc").join(pid).join("stat"))
         .ok()
         .and_then(|stat| {

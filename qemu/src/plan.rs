@@ -1,14 +1,16 @@
 //! The lab's wiring, computed from a network without touching the system (unit-testable).
 //!
 //! ```text
-//!   [sl_N_l_aws] eth0 ── lan0 [sl_N_r_aws] wan0 ── w-0 ┐
-//!   [sl_N_l_gcp] eth0 ── lan0 [sl_N_r_gcp] wan0 ── w-1 ├ br0 [sl_N_inet] (gateway address)
-//!   [sl_N_l_office] eth0 ── lan0 [sl_N_r_office] wan0 ── in0 [sl_N_n_office] out0 ── w-3 ┘
+//!   [sl_N_l_aws] eth0 ── lan0 [sl_N_r_aws] wan0 ═╗
+//!   [sl_N_l_gcp] eth0 ── lan0 [sl_N_r_gcp] wan0 ═╬═ lab switch + gw0 [sl_N_inet]
+//!   [sl_N_l_office] eth0 ── lan0 [sl_N_r_office] wan0 ── in0 [sl_N_n_office] out0 ═╝
 //! ```
-//! Namespaces: `sl_<network>_inet` (the internet: one bridge), per site `sl_<network>_r_<site>`
-//! (router), `sl_<network>_l_<site>` (LAN host at .10) and, for a site behind NAT,
-//! `sl_<network>_n_<site>` (a masquerading NAT box). Each site's one-way delay is a netem qdisc on
-//! its outgoing WAN link, so the round trip between two sites is the sum of their delays.
+//! Namespaces: `sl_<network>_inet` (the internet: the userspace switch and `gw0`, the WAN
+//! gateway), per site `sl_<network>_r_<site>` (router), `sl_<network>_l_<site>` (LAN host at
+//! .10) and, for a site behind NAT, `sl_<network>_n_<site>` (a masquerading NAT box). Each site's
+//! WAN is a switch port (TAP) moved into its router or NAT box; the switch delays each frame by
+//! its sender's one-way delay (see [`crate::switch`]), so the round trip between two sites is the
+//! sum of their delays.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -49,7 +51,7 @@ pub struct NatPlan {
     pub ns: String,
     /// Inside address (the site's WAN gateway) with the site's WAN prefix length.
     pub inside: IpNet,
-    /// Outside address on the internet bridge: what peers see as the site's source.
+    /// Outside address on the lab internet: what peers see as the site's source.
     pub outside: Ipv4Net,
 }
 
@@ -70,7 +72,7 @@ pub struct SitePlan {
     /// The LAN host: .10 of the LAN subnet.
     pub host: IpNet,
     pub host6: Option<IpNet>,
-    /// Name of this site's port on the internet bridge.
+    /// Name of this site's port (TAP) on the lab switch.
     pub bridge_port: String,
     pub delay_ms: f64,
 }
@@ -80,7 +82,7 @@ pub struct SitePlan {
 pub struct LabPlan {
     pub network: String,
     pub inet_ns: String,
-    /// The bridge's address: the WAN gateway of the sites that are not behind NAT.
+    /// The address of `gw0` in the internet namespace: the WAN gateway of the sites that are not behind NAT.
     pub internet: Ipv4Net,
     pub sites: Vec<SitePlan>,
 }

@@ -191,13 +191,30 @@ pub fn run(config: &Path) -> Result<(), SiteError> {
     result
 }
 
+/// Start interface `name`. Right after a crash of the previous router the kernel may still be
+/// tearing down its TUN of the same name (EBUSY); wait for that, up to 5 s, instead of failing.
+fn start_device(name: &str) -> Result<Device, SiteError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match Device::start(name) {
+            Err(StartDeviceError::CreateTun { source, .. })
+                if source.raw_os_error() == Some(16) && std::time::Instant::now() < deadline =>
+            {
+                log::debug!("{name}: TUN busy (previous owner exiting); retrying");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 fn start_devices(
     cfg: &SiteConfig,
     requests: &[String],
     devices: &Mutex<Vec<Device>>,
 ) -> Result<(), SiteError> {
     for (iface, request) in cfg.interfaces.iter().zip(requests) {
-        let device = Device::start(&iface.name)?;
+        let device = start_device(&iface.name)?;
         devices
             .lock()
             .unwrap_or_else(|p| p.into_inner())
