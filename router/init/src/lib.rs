@@ -53,6 +53,10 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const READY: &str = "sitelink: ready site=";
 /// Route protocols flushed at shutdown: the route installer's (83) and the init's own (84).
 const OUR_ROUTE_PROTOCOLS: [u8; 2] = [83, net::RTPROT_SITELINK_INIT];
+/// The route installer's status file (tunnel states, RTTs, active paths; no keys).
+pub const ROUTED_STATUS: &str = "/run/sitelink/routed.toml";
+/// Last line of the `cat` console command's answer: `cat: --- end of FILE`.
+pub const CAT_END: &str = "--- end of";
 /// How often a missing or invalid config is looked for again.
 const RETRY: Duration = Duration::from_secs(3);
 /// How long services get between SIGTERM and SIGKILL.
@@ -64,6 +68,7 @@ mod tests {
     fn cat_never_shows_keys() {
         assert!(super::catable("/proc/net/snmp"));
         assert!(super::catable("/run/sitelink-config/site.toml"));
+        assert!(super::catable(super::ROUTED_STATUS));
         assert!(!super::catable("/run/sitelink-config/site.key"));
         assert!(!super::catable("/proc/../run/sitelink-config/site.key"));
         assert!(!super::catable("/run/sitelink-cidata/site.key"));
@@ -341,11 +346,16 @@ impl Init {
             },
             "cat" => match arg {
                 Some(path) if !catable(path) => say!(
-                    "cat: {path}: only /proc, /sys, /etc and {}/site.toml are shown (never keys)",
+                    "cat: {path}: only /proc, /sys, /etc, {}/site.toml and {ROUTED_STATUS} are shown (never keys)",
                     config::CONFIG_DIR
                 ),
                 Some(path) => match std::fs::read_to_string(path) {
-                    Ok(text) => text.lines().for_each(|l| say!("cat: {l}")),
+                    Ok(text) => {
+                        text.lines().for_each(|l| say!("cat: {l}"));
+                        // Lets a program on the other end of the console (`sitelink lab
+                        // status`) know the file is complete.
+                        say!("cat: {CAT_END} {path}");
+                    }
                     Err(e) => say!("cat: {path}: {e}"),
                 },
                 None => say!("cat FILE"),
@@ -414,6 +424,7 @@ fn catable(path: &str) -> bool {
         .iter()
         .any(|d| path.starts_with(d))
         || p == Path::new(config::CONFIG_DIR).join("site.toml")
+        || p == Path::new(ROUTED_STATUS)
 }
 
 /// `sitelink-router init [--check DIR]`. As PID 1 this is the init; otherwise only `--check DIR`
