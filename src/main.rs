@@ -81,11 +81,13 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum LabCommand {
-    /// Build the lab and start the routers; wait until every LAN reaches every other LAN.
+    /// Build the lab and start the routers; wait until every tunnel is up and every LAN reaches
+    /// every other LAN, then print a table.
     Up {
         network: PathBuf,
-        /// Where routers run: `netns` (network namespaces). `vm` (QEMU) is not built yet.
-        #[arg(long, default_value = "netns")]
+        /// Where routers run: `vm` (QEMU VMs booted from the image; builds it if needed) or
+        /// `netns` (router processes in network namespaces; fast, no image).
+        #[arg(long, default_value = "vm")]
         mode: String,
         /// Return once the lab is up instead of staying in the foreground until Ctrl-C.
         #[arg(long)]
@@ -109,7 +111,17 @@ enum LabCommand {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
-    /// Stop a site's router and start it again.
+    /// Follow a router's log (a VM's serial console); --attach types on the VM's console.
+    Console {
+        network: PathBuf,
+        site: String,
+        /// Connect the terminal to the VM's serial console (the init's debug commands).
+        #[arg(long)]
+        attach: bool,
+    },
+    /// Reset a router VM (it boots again and rereads its config disk).
+    Reboot { network: PathBuf, site: String },
+    /// Stop a site's router service and have it start again.
     Restart {
         network: PathBuf,
         site: String,
@@ -217,6 +229,12 @@ fn main() -> ExitCode {
                 site,
                 kill,
             } => sitelink::lab::restart(&network, &site, kill),
+            LabCommand::Console {
+                network,
+                site,
+                attach,
+            } => sitelink::lab::console(&network, &site, attach),
+            LabCommand::Reboot { network, site } => sitelink::lab::reboot(&network, &site),
             LabCommand::Cut { network, a, b } => sitelink::lab::cut(&network, &a, &b, false),
             LabCommand::Heal { network, a, b } => sitelink::lab::cut(&network, &a, &b, true),
         },

@@ -111,7 +111,7 @@ fn ping_avg(ns: &str, addr: &str, count: u32) -> Option<f64> {
 fn netns_lab_topology_delays_cut_heal_down() {
     require_root();
     let lab = Lab::new("topo");
-    let out = lab.run(&["lab", "up", "--no-routers", "--detach"]);
+    let out = lab.run(&["lab", "up", "--mode", "netns", "--no-routers", "--detach"]);
     assert!(
         out.status.success(),
         "lab up: {}",
@@ -189,7 +189,7 @@ fn netns_lab_topology_delays_cut_heal_down() {
     drop(other);
 
     // A second `up` is refused while the lab runs.
-    let again = lab.run(&["lab", "up", "--no-routers", "--detach"]);
+    let again = lab.run(&["lab", "up", "--mode", "netns", "--no-routers", "--detach"]);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already up"));
 
@@ -217,26 +217,30 @@ fn answered(text: &str) -> Vec<u32> {
         .collect()
 }
 
-/// `sitelink-router status` of `site`, through `lab status --json`.
-fn router_status(lab: &Lab, site: &str) -> String {
+/// The route installer's status of `site`, through `lab status --json`.
+fn router_status(lab: &Lab, site: &str) -> serde_json::Value {
     let out = lab.run(&["lab", "status", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     v.as_array()
         .and_then(|a| a.iter().find(|s| s["site"] == site))
-        .and_then(|s| s["router_status"].as_str())
+        .map(|s| s["routed"].clone())
         .unwrap_or_default()
-        .to_owned()
 }
 
-/// The line of the active route of `prefix` in a router status.
-fn active_route(status: &str, prefix: &str) -> String {
-    status
-        .lines()
-        .find(|l| l.starts_with(prefix))
+/// `PREFIX VIA METRIC PATH` of the active route of `prefix` in a router status.
+fn active_route(status: &serde_json::Value, prefix: &str) -> String {
+    status["prefixes"]
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["prefix"] == prefix))
+        .map(|p| {
+            format!(
+                "{prefix} {} {} {}",
+                p["via"].as_str().unwrap_or("-"),
+                p["metric"],
+                p["path"].as_str().unwrap_or("-")
+            )
+        })
         .unwrap_or_default()
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 fn our_routes(ns: &str) -> Vec<String> {
@@ -255,7 +259,7 @@ fn our_routes(ns: &str) -> Vec<String> {
 fn netns_seed_mesh_full_mesh_failover_heal_restart_sigterm() {
     require_root();
     let lab = Lab::new("mesh");
-    let out = lab.run(&["lab", "up", "--detach"]);
+    let out = lab.run(&["lab", "up", "--mode", "netns", "--detach"]);
     assert!(
         out.status.success(),
         "lab up: {}{}",

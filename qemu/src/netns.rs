@@ -40,7 +40,7 @@ pub fn run_dir(network: &str) -> PathBuf {
     PathBuf::from("/run/sitelink-lab").join(network)
 }
 
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LabError {
+pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LabError {
     let what = what.into();
     move |source| LabError::Io { what, source }
 }
@@ -56,7 +56,7 @@ pub fn namespaces_with_prefix(prefix: &str) -> Result<Vec<String>, LabError> {
         .collect())
 }
 
-fn check_root() -> Result<(), LabError> {
+pub(crate) fn check_root() -> Result<(), LabError> {
     let uid = fs::read_to_string("/proc/self/status").ok().and_then(|s| {
         s.lines()
             .find(|l| l.starts_with("Uid:"))
@@ -74,7 +74,7 @@ fn check_root() -> Result<(), LabError> {
 ///
 /// `switch` is the program that runs the lab's internet (`sitelink`, whose hidden
 /// `lab-switch` command runs [`crate::switch::run`]).
-pub fn build(plan: &LabPlan, switch: &Path) -> Result<(), LabError> {
+pub fn build(plan: &LabPlan, switch: &Path, mode: Mode) -> Result<(), LabError> {
     check_root()?;
     if let Some(ns) = namespaces_with_prefix(&ns_prefix(&plan.network))?
         .into_iter()
@@ -85,14 +85,18 @@ pub fn build(plan: &LabPlan, switch: &Path) -> Result<(), LabError> {
             ns,
         });
     }
-    let result = build_inner(plan, switch);
+    let result = build_inner(plan, switch, mode);
     if result.is_err() {
         let _ = down(&plan.network);
     }
     result
 }
 
-fn build_inner(plan: &LabPlan, switch: &Path) -> Result<(), LabError> {
+fn build_inner(plan: &LabPlan, switch: &Path, mode: Mode) -> Result<(), LabError> {
+    let dir = run_dir(&plan.network);
+    fs::create_dir_all(&dir).map_err(io(format!("cannot create {}", dir.display())))?;
+    fs::write(dir.join("mode"), format!("{}\n", mode.as_str()))
+        .map_err(io(format!("cannot write {}", dir.join("mode").display())))?;
     for ns in plan.namespaces() {
         run("ip", &["netns", "add", &ns])?;
         ip_in(&ns, &["link", "set", "lo", "up"])?;
@@ -105,9 +109,56 @@ fn build_inner(plan: &LabPlan, switch: &Path) -> Result<(), LabError> {
     )?;
     ip_in(inet, &["link", "set", "gw0", "up"])?;
     for site in &plan.sites {
-        build_site(plan, site)?;
+        wan_uplink(plan, site)?;
+        match mode {
+            Mode::Netns => router_namespace(site)?,
+            Mode::Vm => crate::vm::router_cable(site)?,
+        }
     }
     Ok(())
+}
+
+/// Where the lab's routers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Each router is a `sitelink-router site` process in its router namespace.
+    Netns,
+    /// Each router is a QEMU VM booted from the image; its router namespace holds the VM's
+    /// cables (see [`crate::vm`]).
+    Vm,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Netns => "netns",
+            Mode::Vm => "vm",
+        }
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Mode, String> {
+        match s {
+            "netns" => Ok(Mode::Netns),
+            "vm" => Ok(Mode::Vm),
+            _ => Err(format!("{s:?} is not a lab mode; valid: vm, netns")),
+        }
+    }
+}
+
+/// The mode the running lab of `network` was built in (`lab up` records it).
+pub fn mode(network: &str) -> Result<Mode, LabError> {
+    let path = run_dir(network).join("mode");
+    let text = fs::read_to_string(&path).map_err(io(format!(
+        "cannot read {} (is the lab up?)",
+        path.display()
+    )))?;
+    text.trim().parse().map_err(|e: String| LabError::Io {
+        what: format!("{}: {e}", path.display()),
+        source: std::io::Error::other("bad lab mode"),
+    })
 }
 
 /// Start the internet switch in the internet namespace with a TAP port for the gateway and one
@@ -171,12 +222,10 @@ fn veth(a: &str, a_ns: &str, b: &str, b_ns: &str) -> Result<(), LabError> {
     Ok(())
 }
 
-fn build_site(plan: &LabPlan, s: &SitePlan) -> Result<(), LabError> {
-    let (r, l, inet) = (
-        s.router_ns.as_str(),
-        s.lan_ns.as_str(),
-        plan.inet_ns.as_str(),
-    );
+/// The site's uplink: its switch port moves into the router namespace as `wan0`, or into the
+/// NAT box as `out0` with a veth `wan0` (router) -- `in0` (NAT box) behind it.
+fn wan_uplink(plan: &LabPlan, s: &SitePlan) -> Result<(), LabError> {
+    let (r, inet) = (s.router_ns.as_str(), plan.inet_ns.as_str());
     // WAN: the site's switch port moves into the router (or its NAT box) as its uplink.
     match &s.nat {
         None => {
@@ -216,6 +265,13 @@ fn build_site(plan: &LabPlan, s: &SitePlan) -> Result<(), LabError> {
             )?;
         }
     }
+    Ok(())
+}
+
+/// Namespace mode: the router namespace is the router (WAN and LAN addresses, forwarding, the
+/// `inet lab` table that `lab cut` fills), wired by veth to its LAN host.
+fn router_namespace(s: &SitePlan) -> Result<(), LabError> {
+    let (r, l) = (s.router_ns.as_str(), s.lan_ns.as_str());
     ip_in(r, &["addr", "add", &s.wan.to_string(), "dev", "wan0"])?;
     ip_in(r, &["link", "set", "wan0", "up"])?;
     ip_in(
@@ -227,6 +283,26 @@ fn build_site(plan: &LabPlan, s: &SitePlan) -> Result<(), LabError> {
     veth("lan0", r, "eth0", l)?;
     ip_in(r, &["addr", "add", &s.lan.to_string(), "dev", "lan0"])?;
     ip_in(r, &["link", "set", "lan0", "up"])?;
+    if let Some(lan6) = s.lan6 {
+        ip_in(
+            r,
+            &["addr", "add", &lan6.to_string(), "dev", "lan0", "nodad"],
+        )?;
+    }
+    lan_host(s)?;
+    run_in(r, "sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+    // `lab cut` adds peers' public addresses to this set.
+    nft_in(
+        r,
+        "table inet lab {\n set cut { type ipv4_addr; }\n chain input { type filter hook input priority 0; ip saddr @cut drop; }\n chain output { type filter hook output priority 0; ip daddr @cut drop; }\n}",
+    )?;
+    Ok(())
+}
+
+/// The LAN host: `eth0` (already in the LAN namespace) at .10 (and ::10), default route via the
+/// router's LAN address.
+pub(crate) fn lan_host(s: &SitePlan) -> Result<(), LabError> {
+    let l = s.lan_ns.as_str();
     ip_in(l, &["addr", "add", &s.host.to_string(), "dev", "eth0"])?;
     ip_in(l, &["link", "set", "eth0", "up"])?;
     ip_in(
@@ -234,10 +310,6 @@ fn build_site(plan: &LabPlan, s: &SitePlan) -> Result<(), LabError> {
         &["route", "add", "default", "via", &s.lan.addr().to_string()],
     )?;
     if let (Some(lan6), Some(host6)) = (s.lan6, s.host6) {
-        ip_in(
-            r,
-            &["addr", "add", &lan6.to_string(), "dev", "lan0", "nodad"],
-        )?;
         ip_in(
             l,
             &["addr", "add", &host6.to_string(), "dev", "eth0", "nodad"],
@@ -254,12 +326,6 @@ fn build_site(plan: &LabPlan, s: &SitePlan) -> Result<(), LabError> {
             ],
         )?;
     }
-    run_in(r, "sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
-    // `lab cut` adds peers' public addresses to this set.
-    nft_in(
-        r,
-        "table inet lab {\n set cut { type ipv4_addr; }\n chain input { type filter hook input priority 0; ip saddr @cut drop; }\n chain output { type filter hook output priority 0; ip daddr @cut drop; }\n}",
-    )?;
     Ok(())
 }
 
@@ -314,7 +380,7 @@ pub fn alive(pid: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn require_up(plan: &LabPlan) -> Result<(), LabError> {
+pub(crate) fn require_up(plan: &LabPlan) -> Result<(), LabError> {
     let existing = namespaces_with_prefix(&ns_prefix(&plan.network))?;
     match plan
         .namespaces()
@@ -329,7 +395,7 @@ fn require_up(plan: &LabPlan) -> Result<(), LabError> {
     }
 }
 
-fn site<'a>(plan: &'a LabPlan, name: &str) -> Result<&'a SitePlan, LabError> {
+pub(crate) fn site<'a>(plan: &'a LabPlan, name: &str) -> Result<&'a SitePlan, LabError> {
     plan.site(name).ok_or_else(|| LabError::UnknownSite {
         site: name.to_owned(),
         known: plan
@@ -368,8 +434,13 @@ pub fn cut(plan: &LabPlan, a: &str, b: &str, heal: bool) -> Result<(), LabError>
     require_up(plan)?;
     let (sa, sb) = (site(plan, a)?, site(plan, b)?);
     let verb = if heal { "delete" } else { "add" };
+    // Namespace mode filters in the router itself; VM mode on the bridge in front of the VM.
+    let family = match mode(&plan.network)? {
+        Mode::Netns => "inet",
+        Mode::Vm => "bridge",
+    };
     for (me, peer) in [(sa, sb), (sb, sa)] {
-        let script = format!("{verb} element inet lab cut {{ {} }}", peer.public);
+        let script = format!("{verb} element {family} lab cut {{ {} }}", peer.public);
         match nft_in(&me.router_ns, &script) {
             // Healing what is not cut is not an error.
             Err(CmdError::Failed { stderr, .. }) if heal && stderr.contains("No such file") => {}

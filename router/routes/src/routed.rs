@@ -27,7 +27,8 @@ pub struct RoutedOptions {
     pub reconciler: Options,
     /// Handshake ages from the data plane; `None`: probes alone decide.
     pub handshakes: Option<Box<dyn HandshakeSource>>,
-    /// Where to write the status (TOML) after every change; `None`: nowhere.
+    /// Where to write the status (TOML) after every change, and at most once a second as probe
+    /// RTTs change; `None`: nowhere.
     pub status_path: Option<PathBuf>,
     /// A shared in-memory copy of the status, updated after every change.
     pub status: Option<Arc<Mutex<Status>>>,
@@ -269,6 +270,9 @@ pub fn run_routed_with(
     publish(st);
 
     let mut next_resync = Instant::now() + opts.resync;
+    // The status also follows the probes' RTTs, written at most once a second.
+    let mut next_publish = Instant::now();
+    let mut answered = false;
     let mut failures_logged = BTreeSet::new();
     let mut buf = [0u8; 64];
     while !stop.load(Ordering::Relaxed) {
@@ -355,6 +359,7 @@ pub fn run_routed_with(
                                 let _ = sock.send_to(&wire::encode(wire::REPLY, seq), from);
                             }
                             Some((wire::REPLY, seq)) => {
+                                answered = true;
                                 if let Some(tr) = t.machine.answer(seq, Instant::now()) {
                                     log::info!("tunnel {} {tr}", t.name);
                                     t.reason = tr.reason.clone();
@@ -406,6 +411,12 @@ pub fn run_routed_with(
             log_failovers(&prev_prefixes, &st.prefixes);
             prev_prefixes = st.prefixes.clone();
             publish(st);
+            next_publish = now + Duration::from_secs(1);
+            answered = false;
+        } else if answered && now >= next_publish {
+            publish(build_status(&cfg, &tunnels, &desired, &last));
+            next_publish = now + Duration::from_secs(1);
+            answered = false;
         }
     }
 

@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 use crate::probe::ProbeState;
 use crate::RoutesError;
 
+/// Where a router in site mode keeps its status file.
+pub const DEVICE_PATH: &str = "/run/sitelink/routed.toml";
+
 /// The route installer's status.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Status {
@@ -79,7 +82,12 @@ impl Status {
             errno,
         };
         let text = std::fs::read_to_string(path).map_err(err)?;
-        toml::from_str(&text).map_err(|e| err(std::io::Error::other(e.to_string())))
+        Status::parse(&text).map_err(|e| err(std::io::Error::other(e)))
+    }
+
+    /// A status from its TOML text (as [`Status::to_toml`] wrote it).
+    pub fn parse(text: &str) -> Result<Status, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
     }
 
     /// A tunnel by interface name.

@@ -25,7 +25,7 @@ use sitelink_routes::{run_routed_with, stop_on_signals, RoutedOptions, RoutesErr
 use sitelink_wg::{Device, StartDeviceError};
 
 /// Where the route installer writes its status (read by `status`).
-pub const STATUS_PATH: &str = "/run/sitelink/routed.toml";
+pub const STATUS_PATH: &str = sitelink_routes::status::DEVICE_PATH;
 /// The site key, next to the config, unless an interface names its own.
 pub const SITE_KEY: &str = "site.key";
 
