@@ -27,7 +27,7 @@ use sitelink_config::network::{self, Network};
 use sitelink_config::site;
 
 pub mod bench;
-mod build;
+pub mod build;
 mod import;
 pub mod lab;
 pub use import::import_wg;

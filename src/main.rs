@@ -30,13 +30,15 @@ enum Command {
     /// Build the firmware: kernel + initramfs (the generic image) and a config disk per site.
     Build {
         network: PathBuf,
-        /// Output directory: vmlinuz, initramfs.img, sites/<site>.cidata.img.
+        /// Output directory: vmlinuz, initramfs.img, sites/<site>.cidata.img (+ disks).
         #[arg(long)]
         out: PathBuf,
         /// `cloud` (Debian's cloud kernel, for VMs) or `metal` (generic kernel + NIC drivers).
         #[arg(long, default_value = "cloud")]
         profile: String,
-        /// Output format; `kernel-initrd` is the one that exists.
+        /// What else to write, comma-separated: `raw-efi` (sitelink.raw, sites/<site>.raw:
+        /// GPT, UEFI, systemd-boot, A/B slots), `qcow2`, `vhd` (Azure), `gce` (GCP tar.gz).
+        /// The kernel, initramfs and config disks (`kernel-initrd`) are always written.
         #[arg(long, default_value = "kernel-initrd")]
         format: String,
         /// Use this linux-image .deb instead of fetching one with apt-get download.
@@ -45,6 +47,11 @@ enum Command {
         /// Keystore directory (default OUT/keys, created with `keys init` semantics).
         #[arg(long, value_name = "DIR")]
         keys: Option<PathBuf>,
+    },
+    /// Work on a built disk: A/B updates with rollback, boot slots.
+    Image {
+        #[command(subcommand)]
+        command: sitelink::build::ImageCommand,
     },
     /// Manage the sites' WireGuard keys.
     Keys {
@@ -199,6 +206,7 @@ fn main() -> ExitCode {
             kernel_deb.as_deref(),
             keys.as_deref(),
         ),
+        Command::Image { command } => sitelink::build::image(command).map_err(Into::into),
         Command::Keys {
             command:
                 KeysCommand::Init {

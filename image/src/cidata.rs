@@ -12,8 +12,9 @@ pub const DISK_SIZE: usize = 1024 * 1024;
 /// The volume label the init looks for.
 pub const LABEL: &[u8; 11] = b"CIDATA     ";
 
+/// Every timestamp 1980-01-01 00:00 (the FAT epoch): reproducible images.
 #[derive(Debug)]
-struct FixedTime;
+pub struct FixedTime;
 
 impl TimeProvider for FixedTime {
     fn get_current_date(&self) -> Date {
@@ -36,7 +37,7 @@ impl TimeProvider for FixedTime {
     }
 }
 
-static FIXED_TIME: FixedTime = FixedTime;
+pub static FIXED_TIME: FixedTime = FixedTime;
 
 /// A FAT12 image holding `files` (name, contents) in its root directory.
 pub fn disk(site: &str, files: &[(&str, &[u8])]) -> std::io::Result<Vec<u8>> {

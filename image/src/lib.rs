@@ -14,13 +14,19 @@
 //! | assemble root | `/init`, `/etc/os-release`, `/dev/console`, modules + `load-order` |
 //! | write initramfs | newc cpio, sorted, mtimes = `SOURCE_DATE_EPOCH`, gzip with a fixed header |
 //! | write config disks | `sites/<site>.cidata.img` per site (vfat, label `CIDATA`) |
+//! | fetch boot loader | disk formats only: `systemd-boot-efi` with `apt-get download`, cached like the kernel |
+//! | write disks | `sitelink.raw` (no site config) and `sites/<site>.raw`: GPT, ESP with systemd-boot and slot A, config partition, state partition ([`disk`]) |
+//! | convert disks | `qcow2`, `vhd` (Azure, fixed) with `qemu-img convert`; `gce` (`disk.raw` of 1 GiB in a tar.gz) with `tar` |
 //! | report | sizes and sha256 of every output |
 //!
 //! External tools run only in [`tools`].
 #![forbid(unsafe_code)]
 
+pub mod bootloader;
 pub mod cidata;
 pub mod cpio;
+pub mod disk;
+pub mod gpt;
 pub mod kernel;
 pub mod modules;
 pub mod pipeline;
@@ -85,7 +91,20 @@ pub fn profile_modules(profile: Profile) -> Vec<&'static str> {
         "virtio_rng",
     ];
     match profile {
-        Profile::Cloud => m.extend(["virtio_pci", "virtio_blk", "virtio_net"]),
+        Profile::Cloud => m.extend([
+            "virtio_pci",
+            "virtio_blk",
+            "virtio_net",
+            // Clouds' disks and NICs: GCP (virtio-scsi, gVNIC), AWS (ENA; NVMe is built in),
+            // Azure (Hyper-V storage and network).
+            "virtio_scsi",
+            "sd_mod",
+            "gve",
+            "ena",
+            "hv_vmbus",
+            "hv_storvsc",
+            "hv_netvsc",
+        ]),
         Profile::Metal => m.extend([
             "virtio_pci",
             "virtio_blk",
@@ -106,22 +125,56 @@ pub fn profile_modules(profile: Profile) -> Vec<&'static str> {
     m
 }
 
-/// What the builder writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the builder writes. `vmlinuz` + `initramfs.img` and the config disks are always
+/// written; the others add disk images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Format {
     /// `vmlinuz` + `initramfs.img` for direct kernel boot.
     KernelInitrd,
+    /// `sitelink.raw`, `sites/<site>.raw`: GPT, UEFI, systemd-boot, A/B slots.
+    RawEfi,
+    /// The raw disks as qcow2 (`.qcow2`).
+    Qcow2,
+    /// Azure: fixed VHD (`.vhd`).
+    Vhd,
+    /// Google Compute Engine: `disk.raw` (1 GiB) in `.gce.tar.gz`.
+    Gce,
 }
+
+/// Every format name, for messages.
+pub const FORMATS: &str = "kernel-initrd, raw-efi, qcow2, vhd, gce";
 
 impl FromStr for Format {
     type Err = ImageError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "kernel-initrd" => Ok(Format::KernelInitrd),
+            "raw-efi" | "raw" => Ok(Format::RawEfi),
+            "qcow2" => Ok(Format::Qcow2),
+            "vhd" | "azure" => Ok(Format::Vhd),
+            "gce" | "gcp" => Ok(Format::Gce),
             other => Err(ImageError::Usage(format!(
-                "--format {other:?}: valid formats are kernel-initrd"
+                "--format {other:?}: valid formats are {FORMATS} (a comma-separated list)"
             ))),
         }
+    }
+}
+
+impl Format {
+    /// Parse `raw-efi,qcow2`: a sorted list without duplicates.
+    pub fn parse_list(s: &str) -> Result<Vec<Format>, ImageError> {
+        let mut v = s
+            .split(',')
+            .map(|f| f.trim().parse())
+            .collect::<Result<Vec<Format>, _>>()?;
+        v.sort();
+        v.dedup();
+        Ok(v)
+    }
+
+    /// Whether this format needs the raw disks.
+    pub fn is_disk(self) -> bool {
+        self != Format::KernelInitrd
     }
 }
 
@@ -142,6 +195,10 @@ pub enum ImageError {
     Tool { command: String, detail: String },
     #[error("kernel: {why}")]
     Kernel { why: String },
+    #[error("boot loader: {why}")]
+    Loader { why: String },
+    #[error("disk {}: {why}", path.display())]
+    Disk { path: PathBuf, why: String },
     #[error("module {module} is neither built into the kernel nor in {}", dir.display())]
     MissingModule { module: String, dir: PathBuf },
     #[error("{}: {why}", path.display())]
@@ -176,9 +233,12 @@ pub struct BuildOptions {
     pub network: PathBuf,
     pub out: PathBuf,
     pub profile: Profile,
-    pub format: Format,
+    /// What to write besides the kernel, initramfs and config disks.
+    pub formats: Vec<Format>,
     /// A kernel `.deb` to use instead of downloading the profile's.
     pub kernel_deb: Option<PathBuf>,
+    /// A `systemd-boot-efi` `.deb` to use instead of downloading it (disk formats).
+    pub loader_deb: Option<PathBuf>,
     /// Keystore directory; default `OUT/keys` (created if absent).
     pub keys: Option<PathBuf>,
     /// Kernel package cache; default `$SITELINK_CACHE`, else `$XDG_CACHE_HOME/sitelink`, else
@@ -198,8 +258,9 @@ impl BuildOptions {
             network: network.into(),
             out: out.into(),
             profile: Profile::Cloud,
-            format: Format::KernelInitrd,
+            formats: vec![Format::KernelInitrd],
             kernel_deb: None,
+            loader_deb: None,
             keys: None,
             cache: None,
             router_binary: None,
@@ -300,6 +361,18 @@ fn write_output(path: &Path, data: &[u8]) -> Result<Output, ImageError> {
         path: path.to_owned(),
         size: data.len() as u64,
         sha256: sha256_hex(data),
+    })
+}
+
+/// An output file already on disk: its size and sha256.
+fn file_output(path: &Path) -> Result<Output, ImageError> {
+    let mut f = fs::File::open(path).map_err(|e| ImageError::io("read", path, e))?;
+    let mut h = Sha256::new();
+    let size = std::io::copy(&mut f, &mut h).map_err(|e| ImageError::io("read", path, e))?;
+    Ok(Output {
+        path: path.to_owned(),
+        size,
+        sha256: h.finalize().iter().map(|b| format!("{b:02x}")).collect(),
     })
 }
 
@@ -563,7 +636,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, ImageError> {
         Ok(a)
     })?;
     let mut outputs = Vec::new();
-    p.step("write initramfs", || {
+    let (vmlinuz, initramfs) = p.step("write initramfs", || {
         let mut cpio = Vec::new();
         root.write(&mut cpio, epoch)
             .map_err(|e| ImageError::io("write cpio for", &opts.out, e))?;
@@ -580,9 +653,10 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, ImageError> {
             fs::read(&kernel.vmlinuz).map_err(|e| ImageError::io("read", &kernel.vmlinuz, e))?;
         outputs.push(write_output(&opts.out.join("vmlinuz"), &vmlinuz)?);
         outputs.push(write_output(&opts.out.join("initramfs.img"), &gz)?);
-        Ok(())
+        Ok((vmlinuz, gz))
     })?;
-    p.step("write config disks", || {
+    let configs = p.step("write config disks", || {
+        let mut configs = Vec::new();
         for s in &net.sites {
             let img = config_disk(&net, &s.name, &store)?;
             outputs.push(write_output(
@@ -592,9 +666,24 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, ImageError> {
                     .join(format!("{}.cidata.img", s.name)),
                 &img,
             )?);
+            configs.push((s.name.clone(), img));
         }
-        Ok(())
+        Ok(configs)
     })?;
+    if opts.formats.iter().any(|f| f.is_disk()) {
+        let loader = p.step("fetch boot loader", || {
+            bootloader::fetch(opts.loader_deb.as_deref(), &cache)
+        })?;
+        eprintln!(
+            "    systemd-boot {} ({})",
+            loader.version,
+            loader.efi.display()
+        );
+        let raws = p.step("write disks", || {
+            write_disks(opts, &loader, &vmlinuz, &initramfs, &configs, &mut outputs)
+        })?;
+        p.step("convert disks", || convert_disks(opts, &raws, &mut outputs))?;
+    }
     Ok(BuildReport {
         kernel_package: kernel.package,
         kernel_version: kernel.version,
@@ -604,4 +693,140 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, ImageError> {
         outputs,
         timings: p.timings,
     })
+}
+
+/// The raw disks: `OUT/sitelink.raw` (config partition with only a README) and
+/// `OUT/sites/<site>.raw`. Returns (name, raw path, config partition) of each.
+fn write_disks(
+    opts: &BuildOptions,
+    loader: &bootloader::Loader,
+    vmlinuz: &[u8],
+    initramfs: &[u8],
+    configs: &[(String, Vec<u8>)],
+    outputs: &mut Vec<Output>,
+) -> Result<Vec<(PathBuf, Vec<u8>)>, ImageError> {
+    let efi = fs::read(&loader.efi).map_err(|e| ImageError::io("read", &loader.efi, e))?;
+    let esp_err = |e| ImageError::io("build the EFI system partition for", &opts.out, e);
+    let esp = disk::esp(&efi, disk::SlotFiles { vmlinuz, initramfs }).map_err(esp_err)?;
+    let state = disk::state().map_err(esp_err)?;
+    let generic = disk::empty_config().map_err(esp_err)?;
+    let mut disks = vec![(opts.out.join("sitelink.raw"), generic)];
+    for (site, cfg) in configs {
+        disks.push((
+            opts.out.join("sites").join(format!("{site}.raw")),
+            cfg.clone(),
+        ));
+    }
+    for (path, cfg) in &disks {
+        disk::write(path, disk::DISK_SIZE, &esp, cfg, &state)?;
+        if opts.formats.contains(&Format::RawEfi) {
+            outputs.push(file_output(path)?);
+        }
+    }
+    if opts.formats.contains(&Format::Gce) {
+        for (path, cfg) in &disks {
+            let tar = path.with_extension("gce.tar.gz");
+            gce_tarball(&tar, &esp, cfg, &state)?;
+            outputs.push(file_output(&tar)?);
+        }
+    }
+    Ok(disks)
+}
+
+/// qcow2 and VHD from the raw disks (`qemu-img convert`); raw disks not asked for are removed.
+fn convert_disks(
+    opts: &BuildOptions,
+    disks: &[(PathBuf, Vec<u8>)],
+    outputs: &mut Vec<Output>,
+) -> Result<(), ImageError> {
+    for (raw, _) in disks {
+        if opts.formats.contains(&Format::Qcow2) {
+            let out = raw.with_extension("qcow2");
+            let _ = fs::remove_file(&out);
+            tools::run(
+                tools::cmd(
+                    "qemu-img",
+                    [
+                        "convert".as_ref(),
+                        "-f".as_ref(),
+                        "raw".as_ref(),
+                        "-O".as_ref(),
+                        "qcow2".as_ref(),
+                        raw.as_os_str(),
+                        out.as_os_str(),
+                    ],
+                ),
+                None,
+            )?;
+            outputs.push(file_output(&out)?);
+        }
+        if opts.formats.contains(&Format::Vhd) {
+            let out = raw.with_extension("vhd");
+            let _ = fs::remove_file(&out);
+            tools::run(
+                tools::cmd(
+                    "qemu-img",
+                    [
+                        "convert".as_ref(),
+                        "-f".as_ref(),
+                        "raw".as_ref(),
+                        "-O".as_ref(),
+                        "vpc".as_ref(),
+                        "-o".as_ref(),
+                        "subformat=fixed,force_size=on".as_ref(),
+                        raw.as_os_str(),
+                        out.as_os_str(),
+                    ],
+                ),
+                None,
+            )?;
+            outputs.push(file_output(&out)?);
+        }
+        if !opts.formats.contains(&Format::RawEfi) {
+            let _ = fs::remove_file(raw);
+        }
+    }
+    Ok(())
+}
+
+/// GCE's image format: a gzipped tar holding one sparse file `disk.raw` whose size is a whole
+/// number of GiB. The tar is made by GNU tar (sparse support) with fixed owner and mtime and
+/// gzipped here with a fixed header, so it is reproducible.
+fn gce_tarball(path: &Path, esp: &[u8], cfg: &[u8], state: &[u8]) -> Result<(), ImageError> {
+    let dir = path.with_extension("d");
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).map_err(|e| ImageError::io("create", &dir, e))?;
+    let raw = dir.join("disk.raw");
+    disk::write(&raw, disk::GCE_DISK_SIZE, esp, cfg, state)?;
+    let tar = dir.join("disk.tar");
+    let mut c = tools::cmd(
+        "tar",
+        [
+            "--format=gnu",
+            "--sparse",
+            "--mtime=@0",
+            "--owner=0",
+            "--group=0",
+            "--numeric-owner",
+            "--mode=0644",
+            "-cf",
+            "disk.tar",
+            "disk.raw",
+        ],
+    );
+    c.env("LC_ALL", "C");
+    tools::run(c, Some(&dir))?;
+    let mut input = fs::File::open(&tar).map_err(|e| ImageError::io("read", &tar, e))?;
+    let tmp = path.with_extension("tmp");
+    let file = fs::File::create(&tmp).map_err(|e| ImageError::io("create", &tmp, e))?;
+    let mut gz = flate2::GzBuilder::new()
+        .mtime(0)
+        .write(file, flate2::Compression::default());
+    std::io::copy(&mut input, &mut gz).map_err(|e| ImageError::io("compress into", &tmp, e))?;
+    gz.finish()
+        .and_then(|f| f.sync_all())
+        .map_err(|e| ImageError::io("compress into", &tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| ImageError::io("rename into", path, e))?;
+    let _ = fs::remove_dir_all(&dir);
+    Ok(())
 }

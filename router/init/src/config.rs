@@ -86,7 +86,7 @@ fn block_devices() -> Vec<PathBuf> {
     out
 }
 
-fn find_label(label: &str) -> Option<PathBuf> {
+pub fn find_label(label: &str) -> Option<PathBuf> {
     block_devices()
         .into_iter()
         .find(|d| label_of(d).is_some_and(|l| l.eq_ignore_ascii_case(label)))

@@ -30,6 +30,7 @@ pub mod dhcp;
 pub mod kmod;
 pub mod net;
 pub mod power;
+pub mod slots;
 pub mod supervise;
 
 use std::io::BufRead;
@@ -91,6 +92,19 @@ struct Init {
     last_problem: String,
     next_look: Instant,
     shutting_down: bool,
+    /// Boot assessment of the booted slot (disk boots only).
+    assessment: Option<Assessment>,
+}
+
+/// The health check of a slot booted from a sitelink disk (see [`slots`]).
+#[derive(Debug)]
+struct Assessment {
+    booted: slots::Booted,
+    /// A slot on trial that is not healthy by then is rebooted (uses up one of its tries).
+    deadline: Instant,
+    timeout: Duration,
+    next_check: Instant,
+    healthy: bool,
 }
 
 /// PID 1. Never returns.
@@ -99,6 +113,7 @@ pub fn run() -> ! {
     say!("sitelink {VERSION} init starting");
     boot::modules();
     boot::loopback();
+    let assessment = boot_slot();
     let (tx, rx) = mpsc::channel();
     power::watch(tx.clone(), Event::PowerButton, Duration::from_secs(10));
     console_commands(tx);
@@ -122,8 +137,50 @@ pub fn run() -> ! {
         last_problem: String::new(),
         next_look: Instant::now(),
         shutting_down: false,
+        assessment,
     };
     init.supervise(&rx, &stop)
+}
+
+/// Which slot booted (`sitelink.slot=` and its entry on the ESP), said on the console.
+fn boot_slot() -> Option<Assessment> {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let timeout = slots::cmdline_health_timeout(&cmdline);
+    match slots::at_boot(&cmdline) {
+        Ok(None) => None,
+        Err(e) => {
+            say!("boot slot: {e}; no boot assessment");
+            None
+        }
+        Ok(Some((booted, notes))) => {
+            for n in notes {
+                console::marker(&format!("sitelink: {n}"));
+            }
+            if booted.entry.counting() {
+                console::marker(&format!(
+                    "sitelink: booted slot {} on trial ({}, {} tries left): marked good once healthy, rebooted if not within {} s",
+                    booted.slot,
+                    booted.entry.file_name(),
+                    booted.entry.left.unwrap_or(0),
+                    timeout.as_secs()
+                ));
+            } else {
+                console::marker(&format!(
+                    "sitelink: booted slot {} ({})",
+                    booted.slot,
+                    booted.entry.file_name()
+                ));
+            }
+            let now = Instant::now();
+            Some(Assessment {
+                booted,
+                deadline: now + timeout,
+                timeout,
+                next_check: now,
+                healthy: false,
+            })
+        }
+    }
 }
 
 fn console_commands(tx: Sender<Event>) {
@@ -160,6 +217,61 @@ impl Init {
                 s.tick();
             }
             self.check_ready();
+            self.assess();
+        }
+    }
+
+    /// The boot assessment: healthy = the site service runs and at least one tunnel has a
+    /// handshake and answers probes (routed's status file). A slot on trial is then marked good;
+    /// one that is not healthy by its deadline is rebooted, so systemd-boot counts the try.
+    fn assess(&mut self) {
+        let running = self.running();
+        let Some(a) = &mut self.assessment else {
+            return;
+        };
+        let now = Instant::now();
+        if a.healthy || now < a.next_check || self.shutting_down {
+            return;
+        }
+        a.next_check = now + Duration::from_secs(1);
+        let tunnel = if running {
+            std::fs::read_to_string(ROUTED_STATUS)
+                .ok()
+                .and_then(|t| slots::healthy_tunnel(&t))
+        } else {
+            None
+        };
+        if let Some(tunnel) = tunnel {
+            a.healthy = true;
+            let slot = a.booted.slot;
+            let mut line = format!("slot={slot} healthy via {tunnel}");
+            if a.booted.entry.counting() {
+                match slots::mark_good(&a.booted) {
+                    Ok(good) => {
+                        console::marker(&format!(
+                            "sitelink: slot {slot} marked good ({} -> {good})",
+                            a.booted.entry.file_name()
+                        ));
+                        line.push_str(&format!("; marked good ({good})"));
+                    }
+                    Err(e) => say!("cannot mark slot {slot} good: {e}"),
+                }
+            }
+            console::marker(&format!("sitelink: healthy slot={slot} tunnel={tunnel}"));
+            let uptime = console::uptime();
+            if let Err(e) = slots::record(&format!("{uptime:.1}s {line}")) {
+                say!("state partition: {e}");
+            }
+            return;
+        }
+        if a.booted.entry.counting() && now >= a.deadline {
+            let why = format!(
+                "slot {} not healthy within {} s (no tunnel with a handshake and answered probes); rebooting so systemd-boot counts the try",
+                a.booted.slot,
+                a.timeout.as_secs()
+            );
+            console::marker(&format!("sitelink: {why}"));
+            self.shutdown_as(&why, nix::sys::reboot::RebootMode::RB_AUTOBOOT);
         }
     }
 
@@ -373,6 +485,11 @@ impl Init {
 
     /// Stop services (SIGTERM, SIGKILL after 5 s), flush our routes, sync, power off.
     fn shutdown(&mut self, why: &str) -> ! {
+        self.shutdown_as(why, nix::sys::reboot::RebootMode::RB_POWER_OFF)
+    }
+
+    /// [`Init::shutdown`], then power off or reboot.
+    fn shutdown_as(&mut self, why: &str, mode: nix::sys::reboot::RebootMode) -> ! {
         say!("shutting down ({why})");
         self.shutting_down = true;
         if let Some(s) = &self.site {
@@ -403,9 +520,14 @@ impl Init {
             Err(e) => say!("cannot remove routes: {e}"),
         }
         nix::unistd::sync();
-        console::marker("sitelink: power off");
-        let err = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
-        say!("power off failed: {err:?}; halting here");
+        let what = if mode == nix::sys::reboot::RebootMode::RB_AUTOBOOT {
+            "reboot"
+        } else {
+            "power off"
+        };
+        console::marker(&format!("sitelink: {what}"));
+        let err = nix::sys::reboot::reboot(mode);
+        say!("{what} failed: {err:?}; halting here");
         loop {
             std::thread::sleep(Duration::from_secs(3600));
         }
