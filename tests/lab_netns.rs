@@ -4,107 +4,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic with context
 
 use std::fs;
-use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn sitelink(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sitelink"))
-        .args(args)
-        .output()
-        .expect("run sitelink")
-}
-
-fn require_root() {
-    let status = fs::read_to_string("/proc/self/status").unwrap();
-    let uid = status
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .to_owned();
-    assert_eq!(uid, "0", "the netns tier needs root");
-}
-
-/// A copy of the seed mesh under a network name of its own, so this test's namespaces never
-/// meet a lab someone else runs; the lab is taken down on drop, also when the test fails.
-struct Lab {
-    file: PathBuf,
-    name: String,
-}
-
-impl Lab {
-    fn new(tag: &str) -> Lab {
-        let name = format!("t{tag}-{}", std::process::id());
-        let seed = fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/configs/seed-mesh.toml"
-        ))
-        .unwrap();
-        let file = std::env::temp_dir().join(format!("{name}.toml"));
-        fs::write(
-            &file,
-            seed.replace("name = \"seed-mesh\"", &format!("name = \"{name}\"")),
-        )
-        .unwrap();
-        Lab { file, name }
-    }
-    fn run(&self, args: &[&str]) -> Output {
-        let mut all: Vec<&str> = vec![args[0], args[1], self.file.to_str().unwrap()];
-        all.extend_from_slice(&args[2..]);
-        sitelink(&all)
-    }
-    fn ns(&self, role: &str, site: &str) -> String {
-        format!("sl_{}_{role}_{site}", self.name)
-    }
-    fn namespaces(&self) -> Vec<String> {
-        let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split_whitespace().next())
-            .filter(|n| n.starts_with(&format!("sl_{}_", self.name)))
-            .map(str::to_owned)
-            .collect()
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = self.run(&["lab", "down"]);
-        let _ = fs::remove_file(&self.file);
-    }
-}
-
-/// Average RTT in ms of `count` pings from namespace `ns` to `addr`, or None if none came back.
-fn ping_avg(ns: &str, addr: &str, count: u32) -> Option<f64> {
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns,
-            "ping",
-            "-q",
-            "-i",
-            "0.1",
-            "-W",
-            "1",
-            "-c",
-            &count.to_string(),
-            addr,
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().find(|l| l.contains("min/avg/max"))?;
-    line.split('=')
-        .nth(1)?
-        .trim()
-        .split('/')
-        .nth(1)?
-        .parse()
-        .ok()
-}
+#[path = "common/lab.rs"]
+mod common;
+use common::{active_route, longest_gap, ping_avg, require_root, Lab};
 
 #[test]
 #[ignore = "netns tier: needs root"]
@@ -203,46 +107,6 @@ fn netns_lab_topology_delays_cut_heal_down() {
     assert!(lab.run(&["lab", "down"]).status.success());
 }
 
-/// Sequence numbers answered by a ping train.
-fn answered(text: &str) -> Vec<u32> {
-    text.lines()
-        .filter_map(|l| {
-            l.split("icmp_seq=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .collect()
-}
-
-/// The route installer's status of `site`, through `lab status --json`.
-fn router_status(lab: &Lab, site: &str) -> serde_json::Value {
-    let out = lab.run(&["lab", "status", "--json"]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v.as_array()
-        .and_then(|a| a.iter().find(|s| s["site"] == site))
-        .map(|s| s["routed"].clone())
-        .unwrap_or_default()
-}
-
-/// `PREFIX VIA METRIC PATH` of the active route of `prefix` in a router status.
-fn active_route(status: &serde_json::Value, prefix: &str) -> String {
-    status["prefixes"]
-        .as_array()
-        .and_then(|a| a.iter().find(|p| p["prefix"] == prefix))
-        .map(|p| {
-            format!(
-                "{prefix} {} {} {}",
-                p["via"].as_str().unwrap_or("-"),
-                p["metric"],
-                p["path"].as_str().unwrap_or("-")
-            )
-        })
-        .unwrap_or_default()
-}
-
 fn our_routes(ns: &str) -> Vec<String> {
     let out = Command::new("ip")
         .args(["-n", ns, "route", "show", "proto", "83"])
@@ -303,20 +167,14 @@ fn netns_seed_mesh_full_mesh_failover_heal_restart_sigterm() {
     std::thread::sleep(std::time::Duration::from_millis(1500));
     assert!(lab.run(&["lab", "cut", "aws", "gcp"]).status.success());
     let text = String::from_utf8_lossy(&train.wait_with_output().unwrap().stdout).into_owned();
-    let seqs = answered(&text);
-    let worst = seqs.windows(2).map(|w| w[1] - w[0] - 1).max().unwrap_or(0);
-    let tail_lost = 100 - seqs.last().copied().unwrap_or(0);
-    eprintln!(
-        "failover aws->gcp: longest gap {} ms ({} of 100 answered)",
-        worst * 100,
-        seqs.len()
-    );
+    let (worst, tail_lost) = longest_gap(&text, 100);
+    eprintln!("failover aws->gcp: longest gap {} ms", worst * 100);
     assert!(
         tail_lost <= 1,
         "traffic never came back after the cut: {text}"
     );
     assert!(worst <= 30, "failover gap {} ms > 3 s", worst * 100);
-    let status = router_status(&lab, "aws");
+    let status = lab.router_status("aws");
     assert!(
         active_route(&status, "10.2.0.0/24").contains("transit"),
         "{status}"
@@ -326,7 +184,7 @@ fn netns_seed_mesh_full_mesh_failover_heal_restart_sigterm() {
     assert!(lab.run(&["lab", "heal", "aws", "gcp"]).status.success());
     let healed = std::time::Instant::now();
     loop {
-        let status = router_status(&lab, "aws");
+        let status = lab.router_status("aws");
         if active_route(&status, "10.2.0.0/24") == "10.2.0.0/24 wg-gcp 100 direct" {
             break;
         }

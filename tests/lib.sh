@@ -28,3 +28,5 @@ need_cargo() {
 
 # Packages the lab (namespace mode) uses at run time.
 LAB_PACKAGES=(iproute2 iputils-ping nftables procps util-linux)
+# And what VM mode adds: QEMU, and apt-get download + dpkg-deb for the image's kernel package.
+VM_PACKAGES=(qemu-system-x86 qemu-utils dpkg-dev apt)

@@ -354,10 +354,28 @@ pub fn accel(image: &VmImage) -> (&'static str, String) {
     if !Path::new("/dev/kvm").exists() {
         return ("tcg", "TCG (no /dev/kvm)".into());
     }
-    if kvm_boots(image) {
-        ("kvm", "KVM".into())
+    // The probe costs seconds; its answer holds until the host reboots (/run is a tmpfs).
+    let cache = Path::new("/run/sitelink-lab/accel");
+    let cached = fs::read_to_string(cache).ok();
+    let works = match cached.as_deref().map(str::trim) {
+        Some("kvm") => true,
+        Some("tcg") => false,
+        _ => {
+            let works = kvm_boots(image);
+            let _ = fs::create_dir_all("/run/sitelink-lab");
+            let _ = fs::write(cache, if works { "kvm\n" } else { "tcg\n" });
+            works
+        }
+    };
+    let how = if cached.is_some() {
+        format!("probed earlier, kept in {}", cache.display())
     } else {
-        ("tcg", "TCG (KVM is present but a guest kernel prints nothing under it here; falling back to software emulation)".into())
+        "probed now".to_owned()
+    };
+    if works {
+        ("kvm", format!("KVM ({how})"))
+    } else {
+        ("tcg", format!("TCG: KVM is present but a guest kernel prints nothing under it here, so software emulation ({how})"))
     }
 }
 
