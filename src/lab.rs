@@ -23,6 +23,8 @@ use sitelink_routes::status::{Status, DEVICE_PATH};
 
 use crate::{load_network, CliError, Result};
 
+pub mod bench;
+
 /// How long `lab up` waits for every tunnel and every LAN pair, per mode (TCG guests boot slowly
 /// on a small machine).
 fn mesh_timeout(mode: Mode) -> Duration {
@@ -337,19 +339,43 @@ fn wait_mesh(
     }
 }
 
-/// `sitelink lab up NETWORK [--mode vm|netns] [--detach]`
-pub fn up(path: &Path, mode: &str, detach: bool, no_routers: bool) -> Result<()> {
-    let mode: Mode = mode
-        .parse()
-        .map_err(|e: String| CliError::Usage(anyhow!(e)))?;
+/// What `lab up` measured.
+#[derive(Debug)]
+pub struct UpReport {
+    pub network: String,
+    /// Building (or finding cached) the image; VM mode only.
+    pub image: Option<Duration>,
+    /// From building the namespaces to every tunnel up and every LAN pair answering.
+    pub to_mesh: Duration,
+    /// Per site, since its router started: booted (VM: `sitelink: ready`) and all tunnels up.
+    pub sites: Vec<(String, Option<Duration>, Option<Duration>)>,
+}
+
+/// Build the lab and start its routers; return once every tunnel is up and every LAN pair
+/// answers (or, with `no_routers`, once the wiring exists). On failure the lab is taken down.
+/// `cancelled` is polled while waiting (Ctrl-C).
+pub fn bring_up(
+    path: &Path,
+    mode: Mode,
+    no_routers: bool,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<UpReport> {
     let (net, plan) = plan(path)?;
-    // Catch Ctrl-C from the start, so an interrupted `up` still cleans up.
-    let rx = ctrl_c()?;
+    let mut report = UpReport {
+        network: net.name.clone(),
+        image: None,
+        to_mesh: Duration::ZERO,
+        sites: Vec::new(),
+    };
     let image = match (mode, no_routers) {
         (Mode::Vm, false) => {
+            vm::check_qemu()?;
             if netns::namespaces_with_prefix(&sitelink_lab::plan::ns_prefix(&net.name))?.is_empty()
             {
-                Some(build_image(path, &net.name)?)
+                let started = Instant::now();
+                let image = build_image(path, &net.name)?;
+                report.image = Some(started.elapsed());
+                Some(image)
             } else {
                 // Let `build` say the lab is up before spending time on an image.
                 None
@@ -357,6 +383,9 @@ pub fn up(path: &Path, mode: &str, detach: bool, no_routers: bool) -> Result<()>
         }
         _ => None,
     };
+    if cancelled() {
+        return Err(netns::LabError::Cancelled.into());
+    }
     let accel = image.as_ref().map(|img| {
         let (accel, why) = vm::accel(img);
         outln!("lab {}: VMs run under {why}", net.name);
@@ -373,55 +402,73 @@ pub fn up(path: &Path, mode: &str, detach: bool, no_routers: bool) -> Result<()>
     );
     if no_routers {
         print_plan(&plan);
-    } else {
-        let cancelled = || rx.try_recv().is_ok();
-        let mut progress = Vec::new();
-        let result = (|| -> Result<()> {
-            let now = Instant::now();
-            match (&image, accel) {
-                (Some(image), Some(accel)) => start_vms(&plan, image, accel)?,
-                _ => start_routers(&net, &plan)?,
-            }
-            progress = plan
-                .sites
-                .iter()
-                .map(|_| Progress {
-                    started: now,
-                    booted: None,
-                    tunnels_up: None,
-                    status: None,
-                })
-                .collect();
-            if mode == Mode::Vm {
-                outln!(
-                    "lab {}: {} VMs started; their serial consoles log to {}/<site>/console.log",
-                    net.name,
-                    plan.sites.len(),
-                    run_dir(&net.name).display()
-                );
-            }
-            wait_mesh(&net, &plan, mode, &mut progress, &cancelled)
-        })();
-        if let Err(e) = result {
-            let interrupted = matches!(&e, CliError::Failed(f) if matches!(f.downcast_ref(), Some(netns::LabError::Cancelled)));
-            if interrupted {
-                eprintln!("sitelink: interrupted; taking the lab down");
-            } else {
-                eprintln!("sitelink: lab up failed; the last lines of each router's log follow, then the lab is taken down");
-                print_logs(&net.name, &plan, mode);
-            }
-            let _ = netns::down(&net.name);
-            return Err(e);
-        }
-        print_table(&plan, mode, &progress);
+        report.to_mesh = start.elapsed();
+        return Ok(report);
     }
+    let mut progress = Vec::new();
+    let result = (|| -> Result<()> {
+        let now = Instant::now();
+        match (&image, accel) {
+            (Some(image), Some(accel)) => start_vms(&plan, image, accel)?,
+            _ => start_routers(&net, &plan)?,
+        }
+        progress = plan
+            .sites
+            .iter()
+            .map(|_| Progress {
+                started: now,
+                booted: None,
+                tunnels_up: None,
+                status: None,
+            })
+            .collect();
+        if mode == Mode::Vm {
+            outln!(
+                "lab {}: {} VMs started; their serial consoles log to {}/<site>/console.log",
+                net.name,
+                plan.sites.len(),
+                run_dir(&net.name).display()
+            );
+        }
+        wait_mesh(&net, &plan, mode, &mut progress, cancelled)
+    })();
+    if let Err(e) = result {
+        let interrupted = matches!(&e, CliError::Failed(f) if matches!(f.downcast_ref(), Some(netns::LabError::Cancelled)));
+        if interrupted {
+            eprintln!("sitelink: interrupted; taking the lab down");
+        } else {
+            eprintln!("sitelink: lab up failed; the last lines of each router's log follow, then the lab is taken down");
+            print_logs(&net.name, &plan, mode);
+        }
+        let _ = netns::down(&net.name);
+        return Err(e);
+    }
+    report.to_mesh = start.elapsed();
+    print_table(&plan, mode, &progress);
+    report.sites = plan
+        .sites
+        .iter()
+        .zip(&progress)
+        .map(|(s, p)| (s.name.clone(), p.booted, p.tunnels_up))
+        .collect();
+    Ok(report)
+}
+
+/// `sitelink lab up NETWORK [--mode vm|netns] [--detach]`
+pub fn up(path: &Path, mode: &str, detach: bool, no_routers: bool) -> Result<()> {
+    let mode: Mode = mode
+        .parse()
+        .map_err(|e: String| CliError::Usage(anyhow!(e)))?;
+    // Catch Ctrl-C from the start, so an interrupted `up` still cleans up.
+    let rx = ctrl_c()?;
+    let report = bring_up(path, mode, no_routers, &|| rx.try_recv().is_ok())?;
     if detach {
         return Ok(());
     }
-    outln!("lab {} is up; Ctrl-C takes it down", net.name);
+    outln!("lab {} is up; Ctrl-C takes it down", report.network);
     let _ = rx.recv();
-    netns::down(&net.name)?;
-    outln!("lab {} is down", net.name);
+    netns::down(&report.network)?;
+    outln!("lab {} is down", report.network);
     Ok(())
 }
 

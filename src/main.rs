@@ -161,6 +161,16 @@ enum BenchCommand {
         #[arg(long, default_value_t = 10)]
         seconds: u32,
     },
+    /// The lab from nothing: up time, WAN vs tunnel vs LAN round trips, iperf3, a cut and heal;
+    /// then down (root).
+    Lab {
+        network: PathBuf,
+        #[arg(long, default_value = "vm")]
+        mode: String,
+        /// Seconds of iperf3.
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+    },
     /// Route installer: cold apply, second apply and withdraw of N routes in a scratch namespace (root).
     Routes {
         #[arg(long, default_value_t = 10_000)]
@@ -249,6 +259,14 @@ fn main() -> ExitCode {
         Command::Bench {
             command: BenchCommand::Dataplane { router, seconds },
         } => sitelink::bench::dataplane(router.as_deref(), seconds).map_err(Into::into),
+        Command::Bench {
+            command:
+                BenchCommand::Lab {
+                    network,
+                    mode,
+                    seconds,
+                },
+        } => sitelink::lab::bench::run(&network, &mode, seconds),
         Command::Bench {
             command: BenchCommand::Routes { routes },
         } => sitelink::bench_routes(routes),

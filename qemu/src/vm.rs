@@ -136,6 +136,24 @@ pub fn qemu_args(
     .collect()
 }
 
+/// QEMU is installed (before anything is built or started).
+pub fn check_qemu() -> Result<(), LabError> {
+    let ok = Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        Ok(())
+    } else {
+        Err(LabError::Io {
+            what: "the VM lab needs qemu-system-x86_64: apt-get install --no-install-recommends qemu-system-x86 (or use --mode netns)".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        })
+    }
+}
+
 /// VM mode's router namespace: no addresses, only the VM's WAN cable (bridge `br0` joining the
 /// VM's TAP and the uplink `wan0`), the LAN TAP waiting for QEMU, and the `bridge lab` table
 /// that `lab cut` fills. IPv6 is off here so the lab's internet carries only the routers'
