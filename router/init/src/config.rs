@@ -132,15 +132,54 @@ fn copy_from_disk(dev: &Path) -> Result<(), String> {
                 Err(e) if name == "site.toml" => {
                     return Err(format!("{} holds no {name}: {e}", dev.display()))
                 }
-                Err(_) => {
-                    let _ = fs::remove_file(Path::new(CONFIG_DIR).join(name));
-                }
+                Err(_) => match state_key() {
+                    // A sitelink disk whose config partition has no key: the router's own
+                    // key from the state partition (generated there at first boot).
+                    Some(Ok(data)) => write_0600(&Path::new(CONFIG_DIR).join(name), &data)
+                        .map_err(|e| format!("cannot write {CONFIG_DIR}/{name}: {e}"))?,
+                    Some(Err(e)) => return Err(e),
+                    None => {
+                        let _ = fs::remove_file(Path::new(CONFIG_DIR).join(name));
+                    }
+                },
             }
         }
         Ok(())
     })();
     let _ = umount(MOUNT_POINT);
     result
+}
+
+/// The router's key on the state partition (FAT label `SL-STATE`) of a sitelink disk,
+/// generated there on first boot: its public key is printed (never the private key) for the
+/// network file. `None` when there is no state partition (a plain config disk).
+fn state_key() -> Option<Result<Vec<u8>, String>> {
+    find_label(crate::slots::STATE_LABEL)?;
+    Some(crate::slots::with_partition(
+        crate::slots::STATE_LABEL,
+        crate::slots::STATE_MOUNT,
+        false,
+        |dev, at| {
+            let path = at.join("site.key");
+            if let Ok(data) = fs::read(&path) {
+                return Ok(data);
+            }
+            let key = sitelink_config::keys::PrivateKey::generate();
+            let text = format!("{}\n", key.to_base64());
+            fs::File::create(&path)
+                .and_then(|mut f| {
+                    f.write_all(text.as_bytes())?;
+                    f.sync_all()
+                })
+                .map_err(|e| format!("cannot write the generated key to {}: {e}", dev.display()))?;
+            crate::console::marker(&format!(
+                "sitelink: no site.key in the config; generated this router's key on {} (state partition); public key {}",
+                dev.display(),
+                key.public_key()
+            ));
+            Ok(text.into_bytes())
+        },
+    ))
 }
 
 /// Check a config directory (`site.toml` + `site.key`) as the init does.
