@@ -847,6 +847,8 @@ fn attach_console(sock: &Path) -> Result<()> {
     let mut to_vm = stream.try_clone()?;
     std::thread::spawn(move || {
         let _ = std::io::copy(&mut std::io::stdin().lock(), &mut to_vm);
+        // Input ended (Ctrl-D, or the end of a piped command): show the answer, then detach.
+        std::thread::sleep(Duration::from_secs(1));
         let _ = to_vm.shutdown(std::net::Shutdown::Both);
     });
     let mut from_vm = stream;

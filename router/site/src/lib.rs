@@ -8,6 +8,7 @@
 //! the interfaces go.
 #![forbid(unsafe_code)]
 
+pub mod learned;
 pub mod uapi;
 
 use std::fmt::Write as _;
@@ -107,8 +108,13 @@ fn resolve(ifname: &str, e: &Endpoint) -> Option<String> {
     }
 }
 
-/// The `set=1` request that gives interface `iface` its key, port and peers.
-fn set_request(dir: &Path, iface: &Interface) -> Result<String, SiteError> {
+/// The `set=1` request that gives interface `iface` its key, port and peers. A peer without a
+/// configured endpoint gets `learned`, the endpoint it last had (see [`learned`]).
+fn set_request(
+    dir: &Path,
+    iface: &Interface,
+    learned: Option<&String>,
+) -> Result<String, SiteError> {
     let key_err = |source| SiteError::Key {
         ifname: iface.name.clone(),
         source,
@@ -130,6 +136,12 @@ fn set_request(dir: &Path, iface: &Interface) -> Result<String, SiteError> {
             );
         }
         if let Some(endpoint) = peer.endpoint.as_ref().and_then(|e| resolve(&iface.name, e)) {
+            let _ = writeln!(req, "endpoint={endpoint}");
+        } else if let Some(endpoint) = learned {
+            log::info!(
+                "{}: dialing the peer's last known endpoint {endpoint}",
+                iface.name
+            );
             let _ = writeln!(req, "endpoint={endpoint}");
         }
         let _ = writeln!(
@@ -156,10 +168,12 @@ pub fn run(config: &Path) -> Result<(), SiteError> {
     let cfg = load(config)?;
     let dir = config.parent().unwrap_or(Path::new(".")).to_owned();
     // Build every request first: a key problem must stop us before anything is created.
+    let learned_file = learned::path(&dir);
+    let known = learned::load(&learned_file);
     let requests: Vec<String> = cfg
         .interfaces
         .iter()
-        .map(|i| set_request(&dir, i))
+        .map(|i| set_request(&dir, i, known.get(&i.name)))
         .collect::<Result<_, _>>()?;
     let stop = stop_on_signals()?;
     let devices: Arc<Mutex<Vec<Device>>> = Arc::default();
@@ -170,7 +184,21 @@ pub fn run(config: &Path) -> Result<(), SiteError> {
             cfg.site,
             cfg.interfaces.len()
         );
-        let died = watch_devices(devices.clone(), stop.clone());
+        let unconfigured: Vec<String> = cfg
+            .interfaces
+            .iter()
+            .filter(|i| i.peers.iter().all(|p| p.endpoint.is_none()))
+            .map(|i| i.name.clone())
+            .collect();
+        let died = watch_devices(
+            devices.clone(),
+            stop.clone(),
+            Learner {
+                file: learned_file,
+                interfaces: unconfigured,
+                known,
+            },
+        );
         let opts = RoutedOptions {
             handshakes: Some(Box::new(handshake_age)),
             status_path: Some(PathBuf::from(STATUS_PATH)),
@@ -226,14 +254,53 @@ fn start_devices(
 
 type Death = Arc<Mutex<Option<(String, String)>>>;
 
-/// Stop the site when an interface stops on its own (its TUN deleted, its socket removed).
-fn watch_devices(devices: Arc<Mutex<Vec<Device>>>, stop: Arc<AtomicBool>) -> Death {
+/// Keeps [`learned`] endpoints up to date for the interfaces whose peer has none configured.
+struct Learner {
+    file: PathBuf,
+    interfaces: Vec<String>,
+    known: std::collections::BTreeMap<String, String>,
+}
+
+impl Learner {
+    fn update(&mut self) {
+        let mut changed = false;
+        for ifname in &self.interfaces {
+            if let Some(e) = uapi::get(ifname).ok().and_then(|i| i.endpoint) {
+                if self.known.get(ifname) != Some(&e) {
+                    self.known.insert(ifname.clone(), e);
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            if let Err(e) = learned::save(&self.file, &self.known) {
+                log::warn!(
+                    "cannot remember peer endpoints in {}: {e}",
+                    self.file.display()
+                );
+            }
+        }
+    }
+}
+
+/// Stop the site when an interface stops on its own (its TUN deleted, its socket removed); every
+/// few seconds, remember the endpoints of peers that dialed us.
+fn watch_devices(
+    devices: Arc<Mutex<Vec<Device>>>,
+    stop: Arc<AtomicBool>,
+    mut learner: Learner,
+) -> Death {
     let died: Death = Arc::default();
     let out = died.clone();
     let spawned = std::thread::Builder::new()
         .name("site-watch".into())
         .spawn(move || {
+            let mut ticks = 0u32;
             while !stop.load(Ordering::Relaxed) {
+                if ticks % 8 == 0 && !learner.interfaces.is_empty() {
+                    learner.update();
+                }
+                ticks = ticks.wrapping_add(1);
                 let dead = devices
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -331,6 +398,31 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
+    fn learned_endpoint_only_where_the_config_has_none() {
+        let dir = std::env::temp_dir().join(format!("sitelink-site-l-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = sitelink_config::keys::PrivateKey::generate();
+        sitelink_config::keys::write_secret(&dir.join(SITE_KEY), &key.to_base64()).unwrap();
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../configs/golden/seed-mesh/aws.toml"
+        ))
+        .unwrap();
+        let cfg = SiteConfig::parse(&text, "aws.toml").unwrap();
+        let office = cfg.interfaces.iter().find(|i| i.name == "wg-office").unwrap();
+        let gcp = cfg.interfaces.iter().find(|i| i.name == "wg-gcp").unwrap();
+        let learned = "198.51.100.253:40000".to_owned();
+        assert!(!set_request(&dir, office, None).unwrap().contains("endpoint="));
+        assert!(set_request(&dir, office, Some(&learned))
+            .unwrap()
+            .contains("endpoint=198.51.100.253:40000\n"));
+        let req = set_request(&dir, gcp, Some(&learned)).unwrap();
+        assert!(req.contains("endpoint=198.51.100.2:"), "{req}");
+        assert!(!req.contains("40000"), "{req}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn set_request_carries_keys_ports_and_peers_in_hex() {
         let dir = std::env::temp_dir().join(format!("sitelink-site-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -342,7 +434,7 @@ mod tests {
         ))
         .unwrap();
         let cfg = SiteConfig::parse(&text, "office.toml").unwrap();
-        let req = set_request(&dir, &cfg.interfaces[0]).unwrap();
+        let req = set_request(&dir, &cfg.interfaces[0], None).unwrap();
         assert!(req.starts_with("set=1\n") && req.ends_with("\n\n"));
         assert!(req.contains(&format!("private_key={}\n", hex(key.as_bytes()))));
         assert!(req.contains("listen_port=51820\n"));
@@ -354,7 +446,7 @@ mod tests {
         // A key readable by others is refused before anything starts.
         std::fs::set_permissions(dir.join(SITE_KEY), std::fs::Permissions::from_mode(0o644))
             .unwrap();
-        let err = set_request(&dir, &cfg.interfaces[0]).unwrap_err();
+        let err = set_request(&dir, &cfg.interfaces[0], None).unwrap_err();
         assert!(err.is_config_error());
         assert!(err.to_string().contains("chmod 600"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
