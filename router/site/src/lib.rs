@@ -397,22 +397,32 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
-    #[test]
-    fn learned_endpoint_only_where_the_config_has_none() {
-        let dir = std::env::temp_dir().join(format!("sitelink-site-l-{}", std::process::id()));
+    /// A scratch directory `tag` with a fresh site key, and the golden config of seed-mesh `site`.
+    fn scratch(tag: &str, site: &str) -> (PathBuf, sitelink_config::keys::PrivateKey, SiteConfig) {
+        let dir = std::env::temp_dir().join(format!("sitelink-site-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let key = sitelink_config::keys::PrivateKey::generate();
         sitelink_config::keys::write_secret(&dir.join(SITE_KEY), &key.to_base64()).unwrap();
-        let text = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../configs/golden/seed-mesh/aws.toml"
-        ))
-        .unwrap();
-        let cfg = SiteConfig::parse(&text, "aws.toml").unwrap();
-        let office = cfg.interfaces.iter().find(|i| i.name == "wg-office").unwrap();
+        let golden = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("../../configs/golden/seed-mesh/{site}.toml"));
+        let text = std::fs::read_to_string(golden).unwrap();
+        let cfg = SiteConfig::parse(&text, &format!("{site}.toml")).unwrap();
+        (dir, key, cfg)
+    }
+
+    #[test]
+    fn learned_endpoint_only_where_the_config_has_none() {
+        let (dir, _, cfg) = scratch("learned", "aws");
+        let office = cfg
+            .interfaces
+            .iter()
+            .find(|i| i.name == "wg-office")
+            .unwrap();
         let gcp = cfg.interfaces.iter().find(|i| i.name == "wg-gcp").unwrap();
         let learned = "198.51.100.253:40000".to_owned();
-        assert!(!set_request(&dir, office, None).unwrap().contains("endpoint="));
+        assert!(!set_request(&dir, office, None)
+            .unwrap()
+            .contains("endpoint="));
         assert!(set_request(&dir, office, Some(&learned))
             .unwrap()
             .contains("endpoint=198.51.100.253:40000\n"));
@@ -424,16 +434,7 @@ mod tests {
 
     #[test]
     fn set_request_carries_keys_ports_and_peers_in_hex() {
-        let dir = std::env::temp_dir().join(format!("sitelink-site-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let key = sitelink_config::keys::PrivateKey::generate();
-        sitelink_config::keys::write_secret(&dir.join(SITE_KEY), &key.to_base64()).unwrap();
-        let text = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../configs/golden/seed-mesh/office.toml"
-        ))
-        .unwrap();
-        let cfg = SiteConfig::parse(&text, "office.toml").unwrap();
+        let (dir, key, cfg) = scratch("request", "office");
         let req = set_request(&dir, &cfg.interfaces[0], None).unwrap();
         assert!(req.starts_with("set=1\n") && req.ends_with("\n\n"));
         assert!(req.contains(&format!("private_key={}\n", hex(key.as_bytes()))));
