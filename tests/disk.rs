@@ -540,3 +540,35 @@ fn sitelink_digest(path: &Path) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+/// Unit tier (no root): the CLI's errors name what failed and where.
+#[test]
+fn image_cli_errors_name_the_disk_and_the_valid_formats() {
+    let bin = env!("CARGO_BIN_EXE_sitelink");
+    let junk = tmp().join("cli-junk.raw");
+    fs::write(&junk, vec![0u8; 8192]).unwrap();
+    let out = Command::new(bin)
+        .args(["image", "slots"])
+        .arg(&junk)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&junk.display().to_string()) && err.contains("no GPT"),
+        "{err}"
+    );
+    let out = Command::new(bin)
+        .args(["build", NETWORK, "--out"])
+        .arg(tmp().join("cli-out"))
+        .args(["--format", "raw-efi,iso"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("\"iso\"") && err.contains("raw-efi, qcow2, vhd, gce"),
+        "{err}"
+    );
+    assert!(!tmp().join("cli-out/vmlinuz").exists(), "nothing is built on a bad --format");
+}
