@@ -570,5 +570,8 @@ fn image_cli_errors_name_the_disk_and_the_valid_formats() {
         err.contains("\"iso\"") && err.contains("raw-efi, qcow2, vhd, gce"),
         "{err}"
     );
-    assert!(!tmp().join("cli-out/vmlinuz").exists(), "nothing is built on a bad --format");
+    assert!(
+        !tmp().join("cli-out/vmlinuz").exists(),
+        "nothing is built on a bad --format"
+    );
 }
