@@ -337,6 +337,12 @@ pub fn with_fs<T>(
         .write(true)
         .open(path)
         .map_err(|e| ImageError::io("open", path, e))?;
+    let mut magic = [0u8; 4];
+    if file.read_exact(&mut magic).is_ok() && &magic == b"QFI\xfb" {
+        return Err(err(
+            "is a qcow2 image: update the .raw and convert it again (qemu-img convert), or attach the qcow2 with qemu-nbd and update /dev/nbdN".into(),
+        ));
+    }
     let parts = gpt::read(&mut file).map_err(|e| err(e.to_string()))?;
     let p = parts.iter().find(|p| p.name == name).ok_or_else(|| {
         err(format!(
@@ -569,6 +575,12 @@ mod tests {
             .map(|_| ())
             .unwrap_err_or_default();
         assert!(err.contains("junk.raw") && err.contains("GPT"), "{err}");
+        let qcow = d.join("t.qcow2");
+        let _ = fs::write(&qcow, b"QFI\xfb\0\0\0\x03");
+        let err = update(&qcow, new, 3, "")
+            .map(|_| ())
+            .unwrap_err_or_default();
+        assert!(err.contains("is a qcow2 image"), "{err}");
         let _ = fs::remove_dir_all(d);
     }
 
