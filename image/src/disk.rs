@@ -594,6 +594,26 @@ mod tests {
     }
 
     #[test]
+    fn profiles_load_what_the_disks_need() {
+        use crate::{profile_modules, Profile};
+        for p in [Profile::Cloud, Profile::Metal] {
+            let m = profile_modules(p);
+            // The ESP, config and state partitions are FAT; vfat's default code pages.
+            for need in ["vfat", "nls_cp437", "nls_iso8859-1", "nls_ascii", "virtio_blk"] {
+                assert!(m.contains(&need), "{p:?} lacks {need}");
+            }
+        }
+        let metal = profile_modules(Profile::Metal);
+        for need in ["nvme", "ahci", "sd_mod", "usb_storage", "xhci_pci"] {
+            assert!(metal.contains(&need), "metal lacks {need}");
+        }
+        let cloud = profile_modules(Profile::Cloud);
+        for need in ["virtio_scsi", "sd_mod", "hv_storvsc"] {
+            assert!(cloud.contains(&need), "cloud lacks {need}");
+        }
+    }
+
+    #[test]
     fn config_partition_is_editable() {
         let d = tmpdir("config");
         let path = disk(&d);
