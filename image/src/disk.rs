@@ -599,7 +599,13 @@ mod tests {
         for p in [Profile::Cloud, Profile::Metal] {
             let m = profile_modules(p);
             // The ESP, config and state partitions are FAT; vfat's default code pages.
-            for need in ["vfat", "nls_cp437", "nls_iso8859-1", "nls_ascii", "virtio_blk"] {
+            for need in [
+                "vfat",
+                "nls_cp437",
+                "nls_iso8859-1",
+                "nls_ascii",
+                "virtio_blk",
+            ] {
                 assert!(m.contains(&need), "{p:?} lacks {need}");
             }
         }
