@@ -37,7 +37,8 @@ enum Command {
         #[arg(long, default_value = "cloud")]
         profile: String,
         /// What else to write, comma-separated: `raw-efi` (sitelink.raw, sites/<site>.raw:
-        /// GPT, UEFI, systemd-boot, A/B slots), `qcow2`, `vhd` (Azure), `gce` (GCP tar.gz).
+        /// GPT, UEFI, systemd-boot, A/B slots), `qcow2`, `vhd` (Azure), `gce` (GCP tar.gz),
+        /// `update` (sitelink-update.img: a running router installs it into its other slot).
         /// The kernel, initramfs and config disks (`kernel-initrd`) are always written.
         #[arg(long, default_value = "kernel-initrd")]
         format: String,

@@ -135,6 +135,17 @@ impl Vm {
     /// Boot `disk` (`format` raw or qcow2). `netns`: run QEMU in that namespace with one
     /// virtio NIC on the TAP `tap` there (the router's WAN); else no NIC.
     fn boot(disk: &Path, format: &str, name: &str, net: Option<(&Netns, &str)>) -> Vm {
+        Vm::boot_with(disk, format, name, net, &[])
+    }
+
+    /// [`Vm::boot`] with more raw disks after the boot disk (`/dev/vdb`, ...).
+    fn boot_with(
+        disk: &Path,
+        format: &str,
+        name: &str,
+        net: Option<(&Netns, &str)>,
+        extra: &[&Path],
+    ) -> Vm {
         let vars = tmp().join(format!("{name}.VARS.fd"));
         fs::copy(OVMF_VARS, &vars).expect("copy OVMF_VARS.fd");
         let mut cmd = match net {
@@ -155,6 +166,10 @@ impl Vm {
             .arg("-drive")
             .arg(format!("file={},format={format},if=virtio", disk.display()))
             .args(["-display", "none", "-serial", "stdio", "-monitor", "none"]);
+        for d in extra {
+            cmd.arg("-drive")
+                .arg(format!("file={},format=raw,if=virtio", d.display()));
+        }
         match net {
             Some((_, tap)) => cmd.args([
                 "-netdev",
@@ -511,6 +526,63 @@ fn vm_disk_update_rolls_back_and_commits() {
     vm.expect("sitelink: ready site=aws", Duration::from_secs(30));
     vm.stop();
     assert_eq!(slots_of(&disk), ["sitelink-a+0-1.conf", "sitelink-b.conf"]);
+}
+
+#[test]
+#[ignore = "vm tier: needs root, QEMU and OVMF"]
+fn vm_disk_update_disk_installed_by_a_healthy_router() {
+    require_vm_tier();
+    let _one = vm_lock();
+    let disk = disk_copy("sites/aws.raw", "updisk");
+    let peer = Peer::start();
+    // A new release: the same kernel, the initramfs with zero padding after it (the kernel
+    // skips it), so its bytes differ from slot A's.
+    let vmlinuz = fs::read(image().join("vmlinuz")).unwrap();
+    let mut initramfs = fs::read(image().join("initramfs.img")).unwrap();
+    initramfs.extend([0u8; 512]);
+    let img = disk::update_disk(disk::SlotFiles {
+        vmlinuz: &vmlinuz,
+        initramfs: &initramfs,
+    })
+    .unwrap();
+    let update = tmp().join("updisk-sitelink-update.img");
+    fs::write(&update, img).unwrap();
+
+    let vm = Vm::boot_with(&disk, "raw", "updisk", Some(peer.net()), &[&update]);
+    vm.expect(
+        "sitelink: healthy slot=a tunnel=wg-gcp",
+        Duration::from_secs(120),
+    );
+    vm.expect(
+        "sitelink: installed the release on /dev/vdb into slot b (sitelink-b+3.conf); rebooting to try it",
+        Duration::from_secs(30),
+    );
+    vm.expect("sitelink: reboot", Duration::from_secs(15));
+    vm.expect(
+        "sitelink: booted slot b on trial (sitelink-b+2-1.conf, 2 tries left)",
+        READY_TIMEOUT,
+    );
+    vm.expect(
+        "sitelink: slot b marked good (sitelink-b+2-1.conf -> sitelink-b.conf)",
+        Duration::from_secs(90),
+    );
+    // Still attached: not installed again.
+    vm.expect(
+        "sitelink: the update disk holds the release slot b runs; nothing to install",
+        Duration::from_secs(30),
+    );
+    let console = vm.stop();
+    assert_eq!(
+        console.matches("sitelink: installed the release").count(),
+        1,
+        "{console}"
+    );
+    assert!(!console.contains("No such device"), "{console}");
+    assert_eq!(slots_of(&disk), ["sitelink-a.conf", "sitelink-b.conf"]);
+    assert_eq!(
+        disk::read_file(&disk, "sitelink-esp", "sitelink/b/initramfs.img").unwrap(),
+        initramfs
+    );
 }
 
 #[test]

@@ -198,6 +198,37 @@ pub fn empty_config() -> io::Result<Vec<u8>> {
     )
 }
 
+/// An update disk (FAT16, label `SL-UPDATE`, no partition table): `vmlinuz`,
+/// `initramfs.img` and a `README.txt`. Attached to a running router (USB stick, extra cloud
+/// disk) on a good slot, the init installs it into the other slot and reboots to try it.
+pub fn update_disk(slot_files: SlotFiles<'_>) -> io::Result<Vec<u8>> {
+    let need = (slot_files.vmlinuz.len() + slot_files.initramfs.len()) as u64 + 2 * MIB;
+    let size = need.div_ceil(8 * MIB).max(2) * 8 * MIB;
+    if size > 256 * MIB {
+        return Err(io::Error::other(format!(
+            "kernel + initramfs need {need} bytes; an update disk holds at most 256 MiB"
+        )));
+    }
+    let mut img = io::Cursor::new(format(
+        size,
+        fatfs::FatType::Fat16,
+        4096,
+        slots::UPDATE_LABEL,
+    )?);
+    {
+        let fs = FileSystem::new(&mut img, fs_options())?;
+        put(&fs, "vmlinuz", slot_files.vmlinuz)?;
+        put(&fs, "initramfs.img", slot_files.initramfs)?;
+        put(
+            &fs,
+            "README.txt",
+            b"sitelink update disk. Attach it to a running sitelink router (USB stick: dd this\r\nimage onto it; cloud VM: attach it as an extra disk). A healthy router installs\r\nthis release into its other boot slot and reboots into it; if the new release does\r\nnot bring a tunnel up, the router goes back to the old one by itself. Detach the disk\r\nafterwards.\r\n",
+        )?;
+        fs.unmount()?;
+    }
+    Ok(img.into_inner())
+}
+
 /// Write a disk image of `size` bytes to `path`: GPT and the three partitions (ESP, config,
 /// state). Unwritten space stays sparse. Returns the sha256 of the whole image.
 pub fn write(
@@ -617,6 +648,26 @@ mod tests {
         for need in ["virtio_scsi", "sd_mod", "hv_storvsc"] {
             assert!(cloud.contains(&need), "cloud lacks {need}");
         }
+    }
+
+    #[test]
+    fn update_disk_is_labelled_and_reproducible() {
+        let files = SlotFiles {
+            vmlinuz: b"kernel-2",
+            initramfs: b"initramfs-2",
+        };
+        let a = update_disk(files).unwrap_or_default();
+        assert_eq!(a, update_disk(files).unwrap_or_default());
+        assert_eq!(a.len() as u64, 16 * MIB);
+        assert_eq!(&a[43..54], b"SL-UPDATE  ");
+        let fs = FileSystem::new(io::Cursor::new(a), FsOptions::new());
+        let Ok(fs) = fs else { panic!("not FAT") };
+        let mut k = Vec::new();
+        let r = fs
+            .root_dir()
+            .open_file("vmlinuz")
+            .and_then(|mut f| f.read_to_end(&mut k));
+        assert!(r.is_ok() && k == b"kernel-2");
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! | assemble root | `/init`, `/etc/os-release`, `/dev/console`, modules + `load-order` |
 //! | write initramfs | newc cpio, sorted, mtimes = `SOURCE_DATE_EPOCH`, gzip with a fixed header |
 //! | write config disks | `sites/<site>.cidata.img` per site (vfat, label `CIDATA`) |
+//! | write update disk | `update` only: `sitelink-update.img` (FAT, label `SL-UPDATE`: vmlinuz, initramfs.img) |
 //! | fetch boot loader | disk formats only: `systemd-boot-efi` with `apt-get download`, cached like the kernel |
 //! | write disks | `sitelink.raw` (no site config) and `sites/<site>.raw`: GPT, ESP with systemd-boot and slot A, config partition, state partition ([`disk`]) |
 //! | convert disks | `qcow2`, `vhd` (Azure, fixed) with `qemu-img convert`; `gce` (`disk.raw` of 1 GiB in a tar.gz) with `tar` |
@@ -139,10 +140,13 @@ pub enum Format {
     Vhd,
     /// Google Compute Engine: `disk.raw` (1 GiB) in `.gce.tar.gz`.
     Gce,
+    /// `sitelink-update.img`: the release on a FAT disk (label `SL-UPDATE`) that a running
+    /// router installs into its other slot.
+    Update,
 }
 
 /// Every format name, for messages.
-pub const FORMATS: &str = "kernel-initrd, raw-efi, qcow2, vhd, gce";
+pub const FORMATS: &str = "kernel-initrd, raw-efi, qcow2, vhd, gce, update";
 
 impl FromStr for Format {
     type Err = ImageError;
@@ -153,6 +157,7 @@ impl FromStr for Format {
             "qcow2" => Ok(Format::Qcow2),
             "vhd" | "azure" => Ok(Format::Vhd),
             "gce" | "gcp" => Ok(Format::Gce),
+            "update" => Ok(Format::Update),
             other => Err(ImageError::Usage(format!(
                 "--format {other:?}: valid formats are {FORMATS} (a comma-separated list)"
             ))),
@@ -174,7 +179,10 @@ impl Format {
 
     /// Whether this format needs the raw disks.
     pub fn is_disk(self) -> bool {
-        self != Format::KernelInitrd
+        matches!(
+            self,
+            Format::RawEfi | Format::Qcow2 | Format::Vhd | Format::Gce
+        )
     }
 }
 
@@ -670,6 +678,17 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, ImageError> {
         }
         Ok(configs)
     })?;
+    if opts.formats.contains(&Format::Update) {
+        p.step("write update disk", || {
+            let img = disk::update_disk(disk::SlotFiles {
+                vmlinuz: &vmlinuz,
+                initramfs: &initramfs,
+            })
+            .map_err(|e| ImageError::io("build the update disk in", &opts.out, e))?;
+            outputs.push(write_output(&opts.out.join("sitelink-update.img"), &img)?);
+            Ok(())
+        })?;
+    }
     if opts.formats.iter().any(|f| f.is_disk()) {
         let loader = p.step("fetch boot loader", || {
             bootloader::fetch(opts.loader_deb.as_deref(), &cache)

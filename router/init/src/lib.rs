@@ -105,6 +105,11 @@ struct Assessment {
     timeout: Duration,
     next_check: Instant,
     healthy: bool,
+    /// The booted entry is good (was at boot, or marked so): an update disk may be installed.
+    good: bool,
+    /// The update disk last looked at (looked at again only once it was removed).
+    update_seen: Option<PathBuf>,
+    next_update_look: Instant,
 }
 
 /// PID 1. Never returns.
@@ -178,6 +183,9 @@ fn boot_slot() -> Option<Assessment> {
                 timeout,
                 next_check: now,
                 healthy: false,
+                good: false,
+                update_seen: None,
+                next_update_look: now,
             })
         }
     }
@@ -218,6 +226,47 @@ impl Init {
             }
             self.check_ready();
             self.assess();
+            self.check_update();
+        }
+    }
+
+    /// An update disk (label `SL-UPDATE`) attached to a healthy router on a good slot: install
+    /// its release into the other slot (on trial) and reboot into it. A disk is looked at once
+    /// (again only after it was removed and attached again).
+    fn check_update(&mut self) {
+        let Some(a) = &mut self.assessment else {
+            return;
+        };
+        if !a.good || self.shutting_down || Instant::now() < a.next_update_look {
+            return;
+        }
+        a.next_update_look = Instant::now() + Duration::from_secs(5);
+        let dev = config::find_label(slots::UPDATE_LABEL);
+        if dev == a.update_seen {
+            return;
+        }
+        a.update_seen = dev.clone();
+        let Some(dev) = dev else {
+            return;
+        };
+        console::marker(&format!(
+            "sitelink: update disk {} found; checking it",
+            dev.display()
+        ));
+        match slots::install_update(&dev, &a.booted) {
+            Ok(slots::UpdateOutcome::Skipped(why)) => console::marker(&format!("sitelink: {why}")),
+            Err(e) => say!("update disk {}: {e}", dev.display()),
+            Ok(slots::UpdateOutcome::Installed { slot, entry }) => {
+                let why = format!(
+                    "installed the release on {} into slot {slot} ({entry}); rebooting to try it",
+                    dev.display()
+                );
+                console::marker(&format!("sitelink: {why}"));
+                if let Err(e) = slots::record(&format!("{:.1}s {why}", console::uptime())) {
+                    say!("state partition: {e}");
+                }
+                self.shutdown_as(&why, nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+            }
         }
     }
 
@@ -245,9 +294,12 @@ impl Init {
             a.healthy = true;
             let slot = a.booted.slot;
             let mut line = format!("slot={slot} healthy via {tunnel}");
-            if a.booted.entry.counting() {
+            if !a.booted.entry.counting() {
+                a.good = true;
+            } else {
                 match slots::mark_good(&a.booted) {
                     Ok(good) => {
+                        a.good = true;
                         console::marker(&format!(
                             "sitelink: slot {slot} marked good ({} -> {good})",
                             a.booted.entry.file_name()

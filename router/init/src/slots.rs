@@ -24,6 +24,13 @@ pub const STATE_LABEL: &str = "SL-STATE";
 pub const ESP_MOUNT: &str = "/run/sitelink-esp";
 /// Where the state partition is mounted while the init writes to it.
 pub const STATE_MOUNT: &str = "/run/sitelink-state";
+/// The FAT label of an update disk (`sitelink build --format update`): a USB stick or an extra
+/// cloud disk holding `vmlinuz` and `initramfs.img` of a new release.
+pub const UPDATE_LABEL: &str = "SL-UPDATE";
+/// Where an update disk is mounted (read-only) while it is read.
+pub const UPDATE_MOUNT: &str = "/run/sitelink-update";
+/// Tries a slot installed from an update disk gets.
+pub const UPDATE_TRIES: u32 = 3;
 /// Boot entries directory on the ESP.
 pub const ENTRIES_DIR: &str = "loader/entries";
 /// The slots.
@@ -377,6 +384,101 @@ pub fn mark_good(booted: &Booted) -> Result<String, String> {
     r.map(|()| good)
 }
 
+/// What [`install_update`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpdateOutcome {
+    /// Installed into `slot` with entry `entry`: reboot to try it.
+    Installed { slot: char, entry: String },
+    /// Nothing to do (the reason, for the console).
+    Skipped(String),
+}
+
+/// Install the release on an update disk (`dev`, label [`UPDATE_LABEL`]) into the slot that is
+/// not running, with [`UPDATE_TRIES`] tries, unless the running slot already holds it or the
+/// other slot holds it and failed its boot assessment. Only call this from a good slot (the
+/// other slot is the fallback while a slot is on trial).
+pub fn install_update(dev: &Path, booted: &Booted) -> Result<UpdateOutcome, String> {
+    mount_vfat(dev, UPDATE_MOUNT, true)?;
+    let read = |name: &str| {
+        let p = Path::new(UPDATE_MOUNT).join(name);
+        fs::read(&p).map_err(|e| format!("update disk {}: cannot read {name}: {e}", dev.display()))
+    };
+    let files = read("vmlinuz").and_then(|k| Ok((k, read("initramfs.img")?)));
+    unmount(UPDATE_MOUNT);
+    let (vmlinuz, initramfs) = files?;
+    if vmlinuz.get(0x202..0x206) != Some(b"HdrS".as_slice()) {
+        return Err(format!(
+            "update disk {}: vmlinuz is not an x86 kernel (no HdrS header)",
+            dev.display()
+        ));
+    }
+    mount_vfat(&booted.esp, ESP_MOUNT, false)?;
+    let r = install_into_esp(Path::new(ESP_MOUNT), booted.slot, &vmlinuz, &initramfs);
+    unmount(ESP_MOUNT);
+    r
+}
+
+fn install_into_esp(
+    esp: &Path,
+    running: char,
+    vmlinuz: &[u8],
+    initramfs: &[u8],
+) -> Result<UpdateOutcome, String> {
+    let holds = |slot: char| {
+        let dir = esp.join(slot_dir(slot));
+        fs::read(dir.join("vmlinuz")).is_ok_and(|k| k == vmlinuz)
+            && fs::read(dir.join("initramfs.img")).is_ok_and(|i| i == initramfs)
+    };
+    if holds(running) {
+        return Ok(UpdateOutcome::Skipped(format!(
+            "the update disk holds the release slot {running} runs; nothing to install"
+        )));
+    }
+    let entries = read_entries(esp)?;
+    let target = other(running);
+    let bad = entries.iter().any(|e| e.slot == target && e.name.bad());
+    if bad && holds(target) {
+        return Ok(UpdateOutcome::Skipped(format!(
+            "the update disk holds the release that failed its boot assessment in slot {target}; not installed again"
+        )));
+    }
+    let dir = esp.join(ENTRIES_DIR);
+    let io =
+        |what: &str, p: &Path, e: std::io::Error| format!("cannot {what} {}: {e}", p.display());
+    for e in entries.iter().filter(|e| e.slot == target) {
+        let p = dir.join(e.name.file_name());
+        fs::remove_file(&p).map_err(|e| io("remove", &p, e))?;
+    }
+    let sd = esp.join(slot_dir(target));
+    fs::create_dir_all(&sd).map_err(|e| io("create", &sd, e))?;
+    for (name, data) in [("vmlinuz", vmlinuz), ("initramfs.img", initramfs)] {
+        let p = sd.join(name);
+        fs::File::create(&p)
+            .and_then(|mut f| {
+                std::io::Write::write_all(&mut f, data)?;
+                f.sync_all()
+            })
+            .map_err(|e| io("write", &p, e))?;
+    }
+    let version = entries.iter().map(|e| e.version).max().unwrap_or(0) + 1;
+    let entry = EntryName::trial(target, UPDATE_TRIES).file_name();
+    let p = dir.join(&entry);
+    fs::File::create(&p)
+        .and_then(|mut f| {
+            let text = entry_text(target, version, &kernel_options(target, ""));
+            std::io::Write::write_all(&mut f, text.as_bytes())?;
+            f.sync_all()
+        })
+        .map_err(|e| io("write", &p, e))?;
+    fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io("sync", &dir, e))?;
+    Ok(UpdateOutcome::Installed {
+        slot: target,
+        entry,
+    })
+}
+
 /// Append a line to `boot.log` on the state partition (what the router keeps across boots).
 pub fn record(line: &str) -> Result<(), String> {
     with_partition(STATE_LABEL, STATE_MOUNT, false, |_, at| {
@@ -476,6 +578,67 @@ mod tests {
         assert_eq!(cmdline_health_timeout(cmdline), Duration::from_secs(20));
         assert_eq!(cmdline_slot("sitelink.slot=c"), None);
         assert_eq!(cmdline_health_timeout("x"), DEFAULT_HEALTH_TIMEOUT);
+    }
+
+    #[test]
+    fn update_disk_installs_once_into_the_other_slot() {
+        let esp = std::env::temp_dir().join(format!("sitelink-esp-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&esp);
+        let put = |p: &str, d: &[u8]| {
+            let p = esp.join(p);
+            let _ = fs::create_dir_all(p.parent().unwrap_or(Path::new("/")));
+            let _ = fs::write(p, d);
+        };
+        put("sitelink/a/vmlinuz", b"k1");
+        put("sitelink/a/initramfs.img", b"i1");
+        put(
+            "loader/entries/sitelink-a.conf",
+            entry_text('a', 1, "x").as_bytes(),
+        );
+        // The running release: nothing to do.
+        let r = install_into_esp(&esp, 'a', b"k1", b"i1");
+        assert!(matches!(r, Ok(UpdateOutcome::Skipped(_))), "{r:?}");
+        // A new one goes to b on trial, with a higher version.
+        let r = install_into_esp(&esp, 'a', b"k2", b"i2");
+        assert_eq!(
+            r,
+            Ok(UpdateOutcome::Installed {
+                slot: 'b',
+                entry: "sitelink-b+3.conf".into()
+            })
+        );
+        let text =
+            fs::read_to_string(esp.join("loader/entries/sitelink-b+3.conf")).unwrap_or_default();
+        assert_eq!(entry_version(&text), 2);
+        assert_eq!(
+            fs::read(esp.join("sitelink/b/vmlinuz")).unwrap_or_default(),
+            b"k2"
+        );
+        // It failed its tries: the same release is not installed again.
+        let _ = fs::rename(
+            esp.join("loader/entries/sitelink-b+3.conf"),
+            esp.join("loader/entries/sitelink-b+0-3.conf"),
+        );
+        let r = install_into_esp(&esp, 'a', b"k2", b"i2");
+        assert!(
+            matches!(&r, Ok(UpdateOutcome::Skipped(w)) if w.contains("failed")),
+            "{r:?}"
+        );
+        // A newer one replaces it.
+        let r = install_into_esp(&esp, 'a', b"k3", b"i3");
+        assert!(
+            matches!(r, Ok(UpdateOutcome::Installed { slot: 'b', .. })),
+            "{r:?}"
+        );
+        let names: Vec<String> = fs::read_dir(esp.join("loader/entries"))
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(names.len(), 2, "{names:?}");
+        let _ = fs::remove_dir_all(&esp);
     }
 
     #[test]
