@@ -39,10 +39,13 @@ const READY: &str = "sitelink: ready site=";
 
 fn plan(path: &Path) -> Result<(Network, LabPlan)> {
     let net = load_network(path)?;
-    let plan =
-        LabPlan::new(&net).with_context(|| format!("{} cannot run as a lab", path.display()))?;
+    let plan = LabPlan::new(&net)
+        .map_err(|e| CliError::Usage(anyhow!("{}: cannot run as a lab: {e}", path.display())))?;
     Ok((net, plan))
 }
+
+/// How long a status question to a VM's console may take. Sites are asked in parallel.
+const CONSOLE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What the lab keeps across runs: `/var/lib/sitelink-lab/<network>/` (keys, the VM image).
 fn state_dir(network: &str) -> PathBuf {
@@ -92,8 +95,9 @@ const PRIVATE_RUN: &str = "mkdir -p /run/wireguard /run/sitelink && mount -t tmp
 fn routed_status(network: &str, mode: Mode, s: &SitePlan) -> std::result::Result<Status, String> {
     let text = match mode {
         Mode::Vm => {
+            vm::require_running(network, &s.name).map_err(|e| e.to_string())?;
             let sock = VmFiles::new(network, &s.name).console_sock;
-            vm::console_cat(&sock, DEVICE_PATH).map_err(|e| e.to_string())??
+            vm::console_cat(&sock, DEVICE_PATH, CONSOLE_TIMEOUT).map_err(|e| e.to_string())??
         }
         Mode::Netns => {
             let pid_file = run_dir(network).join(&s.name).join("router.pid");
@@ -373,7 +377,10 @@ pub fn bring_up(
             if netns::namespaces_with_prefix(&sitelink_lab::plan::ns_prefix(&net.name))?.is_empty()
             {
                 let started = Instant::now();
-                let image = build_image(path, &net.name)?;
+                let image = match build_image(path, &net.name) {
+                    Err(_) if cancelled() => return Err(netns::LabError::Cancelled.into()),
+                    other => other?,
+                };
                 report.image = Some(started.elapsed());
                 Some(image)
             } else {
@@ -440,10 +447,22 @@ pub fn bring_up(
             eprintln!("sitelink: lab up failed; the last lines of each router's log follow, then the lab is taken down");
             print_logs(&net.name, &plan, mode);
         }
-        let _ = netns::down(&net.name);
+        if let Err(down) = netns::down(&net.name) {
+            eprintln!(
+                "sitelink: could not take the lab down: {down}; run `sitelink lab down {}`",
+                path.display()
+            );
+        }
         return Err(e);
     }
     report.to_mesh = start.elapsed();
+    // The table shows the routers as they are now, not when each first had all tunnels up.
+    let now = statuses(&net.name, mode, &plan);
+    for (p, st) in progress.iter_mut().zip(now) {
+        if let Ok(st) = st {
+            p.status = Some(st);
+        }
+    }
     print_table(&plan, mode, &progress);
     report.sites = plan
         .sites
@@ -574,19 +593,61 @@ fn print_table(plan: &LabPlan, mode: Mode, progress: &[Progress]) {
             secs(p.tunnels_up)
         );
     }
-    outln!("(boot s: QEMU start to the init's `sitelink: ready`; ready s: to every tunnel's probe up. LAN hosts are .10 of each LAN: `sitelink lab exec NETWORK SITE -- CMD`.)");
+    match mode {
+        Mode::Vm => outln!("(boot s: QEMU start to the init's `sitelink: ready`; ready s: to every tunnel's probe up."),
+        Mode::Netns => outln!("(start s: router process started; ready s: to every tunnel's probe up."),
+    }
+    outln!(" LAN hosts are .10 of each LAN: `sitelink lab exec NETWORK SITE -- CMD`.)");
 }
 
-/// `sitelink lab down NETWORK`
+/// `sitelink lab down NETWORK`. Needs only the network's name, so a file edited into an invalid
+/// state while its lab runs can still take the lab down.
 pub fn down(path: &Path) -> Result<()> {
-    let net = load_network(path)?;
-    let removed = netns::down(&net.name)?;
-    outln!(
-        "lab {}: removed {} namespaces (and the processes, VMs and TAPs in them)",
-        net.name,
-        removed.len()
-    );
+    let name = match load_network(path) {
+        Ok(net) => net.name,
+        Err(e) => {
+            let name = std::fs::read_to_string(path)
+                .ok()
+                .and_then(|t| toml::from_str::<toml::Table>(&t).ok())
+                .and_then(|t| t.get("name")?.as_str().map(str::to_owned))
+                .filter(|n| sitelink_config::network::valid_network_name(n));
+            match name {
+                Some(name) => {
+                    eprintln!("sitelink: taking down the lab of network {name:?} anyway");
+                    name
+                }
+                None => return Err(e),
+            }
+        }
+    };
+    let removed = netns::down(&name)?;
+    if removed.is_empty() {
+        outln!("lab {name}: was not up (no namespace sl_{name}_*); nothing to do");
+    } else {
+        outln!(
+            "lab {name}: removed {} namespaces (and the processes, VMs and TAPs in them)",
+            removed.len()
+        );
+    }
     Ok(())
+}
+
+/// Every site's route installer status, asked in parallel (a VM's console answers slowly).
+fn statuses(network: &str, mode: Mode, plan: &LabPlan) -> Vec<std::result::Result<Status, String>> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = plan
+            .sites
+            .iter()
+            .map(|s| scope.spawn(move || routed_status(network, mode, s)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("status thread failed".to_owned()))
+            })
+            .collect()
+    })
 }
 
 /// One site in `lab status`.
@@ -609,11 +670,13 @@ pub fn status(path: &Path, json: bool) -> Result<()> {
     let (_, plan) = plan(path)?;
     let mode = netns::mode(&plan.network)?;
     let sites = netns::status(&plan)?;
+    let routed = statuses(&plan.network, mode, &plan);
     let reports: Vec<SiteReport> = sites
         .into_iter()
         .zip(&plan.sites)
-        .map(|(st, s)| {
-            let (routed, error) = match routed_status(&plan.network, mode, s) {
+        .zip(routed)
+        .map(|((st, s), routed)| {
+            let (routed, error) = match routed {
                 Ok(r) => (Some(r), None),
                 Err(e) => (None, Some(e)),
             };
@@ -647,7 +710,10 @@ pub fn status(path: &Path, json: bool) -> Result<()> {
         }
     );
     for r in &reports {
-        let pids: Vec<String> = r.pids.iter().map(ToString::to_string).collect();
+        let mut pids: Vec<String> = r.pids.iter().map(ToString::to_string).collect();
+        if pids.is_empty() && r.namespaces_up {
+            pids.push(if mode == Mode::Vm { "VM down" } else { "router down" }.to_owned());
+        }
         outln!(
             "{:<10} {:<22} {:<16} {:<6} {:<8} {}",
             r.site,
@@ -734,6 +800,7 @@ pub fn restart(path: &Path, site_name: &str, kill: bool) -> Result<()> {
         "after SIGTERM"
     };
     if netns::mode(&net.name)? == Mode::Vm {
+        vm::require_running(&net.name, site_name)?;
         let sock = VmFiles::new(&net.name, site_name).console_sock;
         let verb = if kill { "kill" } else { "term" };
         let answer = vm::console_ask(
@@ -783,6 +850,7 @@ pub fn reboot(path: &Path, site_name: &str) -> Result<()> {
             net.name
         )));
     }
+    vm::require_running(&net.name, site_name)?;
     let answer = vm::qmp(&VmFiles::new(&net.name, site_name).qmp_sock, "system_reset")?;
     if !answer.contains("\"return\"") {
         return Err(anyhow!(

@@ -2,6 +2,7 @@
 //! logged when `SITELINK_LAB_VERBOSE` is set and is part of the error when the command fails.
 
 use std::ffi::OsStr;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
 /// A failed external command.
@@ -45,9 +46,12 @@ pub fn run<S: AsRef<OsStr>>(program: &str, args: &[S]) -> Result<String, CmdErro
     if verbose() {
         eprintln!("+ {line}");
     }
+    // Its own process group: a second Ctrl-C at the terminal must not kill the `ip` commands
+    // that take the lab down after the first.
     let out = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
+        .process_group(0)
         .output()
         .map_err(|source| CmdError::Spawn {
             cmdline: line.clone(),
@@ -93,6 +97,7 @@ pub fn nft_in(ns: &str, script: &str) -> Result<(), CmdError> {
     }
     let mut child = Command::new("ip")
         .args(args)
+        .process_group(0)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -2,6 +2,7 @@
 //! site, and take it all down again.
 
 use std::fs;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -22,11 +23,14 @@ pub enum LabError {
     NotUp { network: String, ns: String },
     #[error("no site {site:?} in the lab; sites are {known}")]
     UnknownSite { site: String, known: String },
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        source: std::io::Error,
-    },
+    #[error("{what}: {err}")]
+    Io { what: String, err: std::io::Error },
+    #[error("{0}")]
+    Failed(String),
+    #[error("the lab of network {network:?} is not up; start it with `sitelink lab up`")]
+    NotRunning { network: String },
+    #[error("the VM of site {site:?} is not running (its QEMU exited; see {log}); QEMU cannot be restarted alone: `sitelink lab down` then `sitelink lab up`")]
+    VmDown { site: String, log: String },
     #[error("the lab needs root (network namespaces); run as root")]
     NotRoot,
     #[error("interrupted")]
@@ -37,12 +41,12 @@ pub enum LabError {
 
 /// Where the lab keeps per-run files (configs, logs, pids): `/run/sitelink-lab/<network>`.
 pub fn run_dir(network: &str) -> PathBuf {
-    PathBuf::from("/run/sitelink-lab").join(network)
+    PathBuf::from(crate::plan::RUN_ROOT).join(network)
 }
 
 pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LabError {
     let what = what.into();
-    move |source| LabError::Io { what, source }
+    move |err| LabError::Io { what, err }
 }
 
 /// Names of existing namespaces that start with `prefix`.
@@ -151,14 +155,17 @@ impl std::str::FromStr for Mode {
 /// The mode the running lab of `network` was built in (`lab up` records it).
 pub fn mode(network: &str) -> Result<Mode, LabError> {
     let path = run_dir(network).join("mode");
-    let text = fs::read_to_string(&path).map_err(io(format!(
-        "cannot read {} (is the lab up?)",
-        path.display()
-    )))?;
-    text.trim().parse().map_err(|e: String| LabError::Io {
-        what: format!("{}: {e}", path.display()),
-        source: std::io::Error::other("bad lab mode"),
-    })
+    let text = match fs::read_to_string(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(LabError::NotRunning {
+                network: network.to_owned(),
+            })
+        }
+        other => other.map_err(io(format!("cannot read {}", path.display())))?,
+    };
+    text.trim()
+        .parse()
+        .map_err(|e: String| LabError::Failed(format!("{}: {e}", path.display())))
 }
 
 /// Start the internet switch in the internet namespace with a TAP port for the gateway and one
@@ -185,6 +192,7 @@ fn start_switch(plan: &LabPlan, switch: &Path) -> Result<(), LabError> {
     );
     let mut child = Command::new("ip")
         .args(&args)
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2)
@@ -194,10 +202,10 @@ fn start_switch(plan: &LabPlan, switch: &Path) -> Result<(), LabError> {
     while !ready.exists() {
         if let Ok(Some(status)) = child.try_wait() {
             let log = fs::read_to_string(dir.join("switch.log")).unwrap_or_default();
-            return Err(LabError::Io {
-                what: format!("the lab switch exited ({status}): {}", log.trim()),
-                source: std::io::Error::other("lab switch failed"),
-            });
+            return Err(LabError::Failed(format!(
+                "the lab switch exited ({status}): {}",
+                log.trim()
+            )));
         }
         if Instant::now() > deadline {
             return Err(LabError::Timeout {

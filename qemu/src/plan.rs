@@ -43,7 +43,18 @@ pub enum PlanError {
     NoInternet,
     #[error("site {site:?}: its LAN {lan} has no room for the lab host at .10")]
     NoLanHost { site: String, lan: IpNet },
+    #[error("network name {name:?} is too long for the lab: {path} must stay under 108 bytes (a Unix socket path); use a name of at most {max} characters")]
+    NameTooLong {
+        name: String,
+        path: String,
+        max: usize,
+    },
 }
+
+/// Where the lab keeps its per-run files: `RUN_ROOT/<network>/...`.
+pub const RUN_ROOT: &str = "/run/sitelink-lab";
+/// The longest file name under a site's run directory (a Unix socket).
+const LONGEST_SOCKET: &str = "console.sock";
 
 /// A NAT box in front of a site.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,6 +119,17 @@ fn nth_host(net: &IpNet, offset: u32) -> Option<IpNet> {
 impl LabPlan {
     pub fn new(net: &Network) -> Result<LabPlan, PlanError> {
         let prefix = ns_prefix(&net.name);
+        // Unix socket paths (the VMs' consoles and QMP) are limited to 107 bytes.
+        if let Some(longest) = net.sites.iter().map(|s| s.name.len()).max() {
+            let path = format!("{RUN_ROOT}/{}/{:x<longest$}/{LONGEST_SOCKET}", net.name, "");
+            if path.len() > 107 {
+                return Err(PlanError::NameTooLong {
+                    name: net.name.clone(),
+                    path,
+                    max: 107 - (RUN_ROOT.len() + longest + LONGEST_SOCKET.len() + 3),
+                });
+            }
+        }
         // The internet: the subnet and gateway of the first site that is not behind NAT.
         let first = net
             .sites
@@ -268,6 +290,16 @@ mod tests {
         assert_eq!(office.public, nat.outside.addr());
         assert_eq!(office.host.to_string(), "192.168.10.10/24");
         assert_eq!(plan.namespaces().len(), 1 + 4 * 2 + 1);
+    }
+
+    #[test]
+    fn long_names_are_refused_before_anything_starts() {
+        let mut net = seed();
+        net.name = "n".repeat(70);
+        let err = LabPlan::new(&net).unwrap_err().to_string();
+        assert!(err.contains("at most 69 characters"), "{err}");
+        net.name = "n".repeat(69);
+        assert!(LabPlan::new(&net).is_ok());
     }
 
     #[test]

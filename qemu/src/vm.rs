@@ -18,6 +18,7 @@
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -147,10 +148,9 @@ pub fn check_qemu() -> Result<(), LabError> {
     if ok {
         Ok(())
     } else {
-        Err(LabError::Io {
-            what: "the VM lab needs qemu-system-x86_64: apt-get install --no-install-recommends qemu-system-x86 (or use --mode netns)".into(),
-            source: std::io::Error::from(std::io::ErrorKind::NotFound),
-        })
+        Err(LabError::Failed(
+            "the VM lab needs qemu-system-x86_64: apt-get install --no-install-recommends qemu-system-x86 (or use --mode netns)".into(),
+        ))
     }
 }
 
@@ -196,9 +196,12 @@ pub fn start(plan: &LabPlan, index: usize, image: &VmImage, accel: &str) -> Resu
         .try_clone()
         .map_err(io(format!("cannot create {}", files.qemu_log.display())))?;
     let args = qemu_args(s, index, image, &files, accel);
+    // Its own process group: a Ctrl-C meant for `lab up` must not kill the VMs midway; `lab
+    // down` stops them.
     let mut child = Command::new("ip")
         .args(["netns", "exec", &s.router_ns, "qemu-system-x86_64"])
         .args(&args)
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2)
@@ -227,10 +230,11 @@ fn wait_attached(s: &SitePlan, files: &VmFiles, child: &mut Child) -> Result<(),
     loop {
         if let Ok(Some(status)) = child.try_wait() {
             let log = fs::read_to_string(&files.qemu_log).unwrap_or_default();
-            return Err(LabError::Io {
-                what: format!("QEMU of site {} exited ({status}): {}", s.name, log.trim()),
-                source: std::io::Error::other("qemu failed"),
-            });
+            return Err(LabError::Failed(format!(
+                "QEMU of site {} exited ({status}): {}",
+                s.name,
+                log.trim()
+            )));
         }
         let attached = [WAN_TAP, LAN_TAP].iter().all(|tap| {
             ip_in(&s.router_ns, &["link", "show", "dev", tap])
@@ -246,6 +250,20 @@ fn wait_attached(s: &SitePlan, files: &VmFiles, child: &mut Child) -> Result<(),
             });
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether site `site`'s QEMU still runs; if not, the error to show.
+pub fn require_running(network: &str, site: &str) -> Result<(), LabError> {
+    let files = VmFiles::new(network, site);
+    let pid = fs::read_to_string(&files.pid).unwrap_or_default();
+    if crate::netns::alive(pid.trim()) {
+        Ok(())
+    } else {
+        Err(LabError::VmDown {
+            site: site.to_owned(),
+            log: files.qemu_log.display().to_string(),
+        })
     }
 }
 
@@ -272,12 +290,7 @@ pub fn console_ask(
     let mut partial = Vec::new();
     loop {
         match reader.read_until(b'\n', &mut partial) {
-            Ok(0) => {
-                return Err(LabError::Io {
-                    what: format!("{what} closed"),
-                    source: std::io::Error::other("console closed"),
-                })
-            }
+            Ok(0) => return Err(LabError::Failed(format!("{what} closed"))),
             Ok(_) if partial.ends_with(b"\n") => {
                 let l = String::from_utf8_lossy(&partial).into_owned();
                 partial.clear();
@@ -307,7 +320,11 @@ pub fn console_ask(
 
 /// A file as the VM's `cat` console command shows it (the init shows only diagnostics, never
 /// keys), or why not.
-pub fn console_cat(sock: &Path, path: &str) -> Result<Result<String, String>, LabError> {
+pub fn console_cat(
+    sock: &Path,
+    path: &str,
+    timeout: Duration,
+) -> Result<Result<String, String>, LabError> {
     const TAG: &str = "init: cat: ";
     let end = format!("--- end of {path}");
     let failed = format!("{path}: ");
@@ -318,7 +335,7 @@ pub fn console_cat(sock: &Path, path: &str) -> Result<Result<String, String>, La
             l.split_once(TAG)
                 .is_some_and(|(_, rest)| rest == end || rest.starts_with(&failed))
         },
-        Duration::from_secs(10),
+        timeout,
     )?;
     let lines: Vec<&str> = answer
         .lines()

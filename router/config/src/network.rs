@@ -1030,6 +1030,11 @@ impl Validator<'_> {
     }
 }
 
+/// Whether `s` is a valid network name (what `name =` accepts).
+pub fn valid_network_name(s: &str) -> bool {
+    valid_name(s, usize::MAX)
+}
+
 /// Names: lowercase ASCII letters, digits and '-', starting with a letter or digit.
 fn valid_name(s: &str, max: usize) -> bool {
     !s.is_empty()

@@ -284,7 +284,7 @@ impl Learner {
 }
 
 /// Stop the site when an interface stops on its own (its TUN deleted, its socket removed); every
-/// few seconds, remember the endpoints of peers that dialed us.
+/// second, remember the endpoints of peers that dialed us.
 fn watch_devices(
     devices: Arc<Mutex<Vec<Device>>>,
     stop: Arc<AtomicBool>,
@@ -297,7 +297,7 @@ fn watch_devices(
         .spawn(move || {
             let mut ticks = 0u32;
             while !stop.load(Ordering::Relaxed) {
-                if ticks % 8 == 0 && !learner.interfaces.is_empty() {
+                if ticks % 4 == 0 && !learner.interfaces.is_empty() {
                     learner.update();
                 }
                 ticks = ticks.wrapping_add(1);
