@@ -712,7 +712,14 @@ pub fn status(path: &Path, json: bool) -> Result<()> {
     for r in &reports {
         let mut pids: Vec<String> = r.pids.iter().map(ToString::to_string).collect();
         if pids.is_empty() && r.namespaces_up {
-            pids.push(if mode == Mode::Vm { "VM down" } else { "router down" }.to_owned());
+            pids.push(
+                if mode == Mode::Vm {
+                    "VM down"
+                } else {
+                    "router down"
+                }
+                .to_owned(),
+            );
         }
         outln!(
             "{:<10} {:<22} {:<16} {:<6} {:<8} {}",
