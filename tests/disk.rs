@@ -14,52 +14,36 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic with context
 
 use std::fs;
-use std::io::Read;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::process::Command;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use sitelink_image::disk;
 use sitelink_testinfra::Netns;
 
-const NETWORK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/seed-mesh.toml");
-const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE.fd";
-const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS.fd";
+#[path = "common/vm.rs"]
+mod common;
+use common::{
+    copy_for, require_root_and_tools, tmp, vm_lock, Boot, Spec, Vm, NETWORK, OVMF_CODE, OVMF_VARS,
+};
+
 /// OVMF + systemd-boot + kernel + init under TCG: about 10 s here; generous for a loaded host.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
-fn tmp() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-}
-
 fn require_vm_tier() {
-    let uid = fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(1);
-    assert_eq!(uid, 0, "the vm tier needs root");
-    for (tool, package) in [
-        ("qemu-system-x86_64", "qemu-system-x86"),
-        ("qemu-img", "qemu-utils"),
-    ] {
-        let ok = Command::new(tool)
-            .arg("--version")
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        assert!(
-            ok,
-            "the disk tests need {tool}: apt-get install --no-install-recommends {package}"
-        );
-    }
+    require_root_and_tools(
+        "the disk tests need",
+        &[
+            ("qemu-system-x86_64", "qemu-system-x86"),
+            ("qemu-img", "qemu-utils"),
+        ],
+    );
     assert!(
         Path::new(OVMF_CODE).exists() && Path::new(OVMF_VARS).exists(),
         "the disk tests need UEFI firmware: apt-get install --no-install-recommends ovmf"
     );
-}
-
-fn vm_lock() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn keys() -> PathBuf {
@@ -68,14 +52,10 @@ fn keys() -> PathBuf {
 
 /// Build the seed mesh with raw and qcow2 disks into `tmp()/dir`.
 fn build(dir: &str) -> PathBuf {
-    let out = tmp().join(dir);
-    let mut opts = sitelink_image::BuildOptions::new(NETWORK, &out);
-    opts.formats = sitelink_image::Format::parse_list("raw-efi,qcow2").unwrap();
-    opts.keys = Some(keys());
-    opts.router_binary = Some(router_binary().to_owned());
-    let report = sitelink_image::build(&opts).unwrap_or_else(|e| panic!("image build: {e}"));
-    eprint!("{report}");
-    out
+    common::build_image(dir, &keys(), |opts| {
+        opts.formats = sitelink_image::Format::parse_list("raw-efi,qcow2").unwrap();
+        opts.router_binary = Some(router_binary().to_owned());
+    })
 }
 
 /// The static device binary (built once), also the tunnel peer's router.
@@ -97,40 +77,11 @@ fn image() -> &'static Path {
 
 /// A private copy of a built disk (each test changes its disk).
 fn disk_copy(file: &str, test: &str) -> PathBuf {
-    let from = image().join(file);
-    let to = tmp().join(format!(
-        "{test}-{}",
-        Path::new(file).file_name().unwrap().to_string_lossy()
-    ));
-    fs::copy(&from, &to).expect("copy the disk");
-    to
+    copy_for(&image().join(file), test)
 }
 
-type Console = Arc<Mutex<String>>;
-
-fn pump(mut from: impl Read + Send + 'static, to: Console) {
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = from.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            to.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-}
-
-/// A UEFI QEMU booting a disk (as the Done-when command: OVMF code read-only, a private
-/// copy of the variable store); killed on drop.
-struct Vm {
-    child: Child,
-    console: Console,
-    started: Instant,
-    name: String,
-}
-
+/// UEFI boots of a disk (as the Done-when command: OVMF code read-only, a private copy
+/// of the variable store).
 impl Vm {
     /// Boot `disk` (`format` raw or qcow2). `netns`: run QEMU in that namespace with one
     /// virtio NIC on the TAP `tap` there (the router's WAN); else no NIC.
@@ -146,96 +97,18 @@ impl Vm {
         net: Option<(&Netns, &str)>,
         extra: &[&Path],
     ) -> Vm {
-        let vars = tmp().join(format!("{name}.VARS.fd"));
-        fs::copy(OVMF_VARS, &vars).expect("copy OVMF_VARS.fd");
-        let mut cmd = match net {
-            Some((ns, _)) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns.name(), "qemu-system-x86_64"]);
-                c
-            }
-            None => Command::new("qemu-system-x86_64"),
-        };
+        let nic = net.map(|(_, tap)| {
+            format!("tap,ifname={tap},script=no,downscript=no,model=virtio-net-pci")
+        });
+        let nics: Vec<&str> = nic.as_deref().into_iter().collect();
         // TCG: on these machines KVM guests die early (see tests/vm.rs); UEFI under KVM would
         // need the same probe, and the figures in docs/PERFORMANCE.md are TCG's.
-        cmd.args(["-accel", "tcg", "-m", "512"])
-            .arg("-drive")
-            .arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"))
-            .arg("-drive")
-            .arg(format!("if=pflash,format=raw,file={}", vars.display()))
-            .arg("-drive")
-            .arg(format!("file={},format={format},if=virtio", disk.display()))
-            .args(["-display", "none", "-serial", "stdio", "-monitor", "none"]);
-        for d in extra {
-            cmd.arg("-drive")
-                .arg(format!("file={},format=raw,if=virtio", d.display()));
-        }
-        match net {
-            Some((_, tap)) => cmd.args([
-                "-netdev",
-                &format!("tap,id=wan,ifname={tap},script=no,downscript=no"),
-                "-device",
-                "virtio-net-pci,netdev=wan",
-            ]),
-            None => cmd.args(["-nic", "none"]),
-        };
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        eprintln!("vm {name}: {cmd:?}");
-        let started = Instant::now();
-        let mut child = cmd.spawn().expect("start qemu-system-x86_64");
-        let console = Console::default();
-        pump(child.stdout.take().unwrap(), console.clone());
-        pump(child.stderr.take().unwrap(), console.clone());
-        Vm {
-            child,
-            console,
-            started,
-            name: name.to_owned(),
-        }
-    }
-
-    fn console(&self) -> String {
-        self.console
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// Wait for `needle` `count` times on the console; the time since QEMU started.
-    fn expect_count(&self, needle: &str, count: usize, timeout: Duration) -> Duration {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let console = self.console();
-            if console.matches(needle).count() >= count {
-                return self.started.elapsed();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "vm {}: no {needle:?} (x{count}) on the console within {timeout:?}; console:\n{console}",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn expect(&self, needle: &str, timeout: Duration) -> Duration {
-        self.expect_count(needle, 1, timeout)
-    }
-
-    /// Stop QEMU (the disk is consistent: the init syncs after every write it makes).
-    fn stop(mut self) -> String {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.console()
-    }
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        Vm::launch(Spec {
+            disks: extra,
+            nics: &nics,
+            netns: net.map(|(ns, _)| ns.name()),
+            ..Spec::new(name, "tcg", Boot::Uefi { disk, format })
+        })
     }
 }
 

@@ -8,40 +8,22 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic with context
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::fs::MetadataExt;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-const NETWORK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/seed-mesh.toml");
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
+#[path = "common/vm.rs"]
+mod common;
+use common::{copy_for, require_root_and_tools, tmp, vm_lock, Boot, Spec, Vm, NETWORK};
 
-fn tmp() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-}
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Root and QEMU, or a failed test that says what is missing.
 fn require_vm_tier() {
-    let uid = fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(1);
-    assert_eq!(uid, 0, "the vm tier needs root");
-    let qemu = Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        qemu,
-        "the vm tier needs qemu-system-x86_64: apt-get install --no-install-recommends qemu-system-x86"
+    require_root_and_tools(
+        "the vm tier needs",
+        &[("qemu-system-x86_64", "qemu-system-x86")],
     );
-}
-
-/// One VM at a time.
-fn vm_lock() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Build the seed mesh's image once per test run (kernel and device binary are cached).
@@ -51,82 +33,25 @@ fn image() -> &'static Path {
 }
 
 fn build_image(profile: sitelink_image::Profile, dir: &str) -> PathBuf {
-    let out = tmp().join(dir);
-    let mut opts = sitelink_image::BuildOptions::new(NETWORK, &out);
-    opts.profile = profile;
-    opts.keys = Some(tmp().join("vm-keys"));
-    let report = sitelink_image::build(&opts).unwrap_or_else(|e| panic!("image build: {e}"));
-    eprint!("{report}");
-    out
-}
-
-/// A VM's serial console, as text so far.
-type Console = Arc<Mutex<String>>;
-
-fn pump(mut from: impl Read + Send + 'static, to: Console) {
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = from.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            to.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
+    common::build_image(dir, &tmp().join("vm-keys"), |opts| opts.profile = profile)
 }
 
 /// The accelerator: KVM if a guest kernel really runs under it, else TCG (said once).
 fn accel() -> &'static str {
-    static ACCEL: OnceLock<&'static str> = OnceLock::new();
-    ACCEL.get_or_init(|| {
-        match std::env::var("SITELINK_QEMU_ACCEL").as_deref() {
-            Ok("kvm") => return "kvm",
-            Ok("tcg") => return "tcg",
-            _ => {}
-        }
-        if !Path::new("/dev/kvm").exists() {
-            eprintln!("vm: no /dev/kvm; using TCG");
-            return "tcg";
-        }
-        // /dev/kvm can exist while guests die early ("KVM internal error"): boot for real.
-        let vm = Vm::start_with("kvm", None, "kvm-probe", &[]);
-        let ok = vm.wait_for("Run /init", Duration::from_secs(5)).is_ok()
-            && !vm.console().contains("KVM internal error");
-        if ok {
-            "kvm"
-        } else {
-            eprintln!("vm: KVM does not boot a guest kernel here (no console output or \"KVM internal error\"); falling back to TCG (-accel tcg)");
-            "tcg"
-        }
-    })
+    common::accel(image())
 }
 
-/// A QEMU process; killed on drop.
-struct Vm {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    console: Console,
-    qmp: PathBuf,
-    started: Instant,
-    name: String,
-}
-
+/// Kernel boots of the image.
 impl Vm {
     /// Boot the image with `disk` as a virtio disk, no NIC.
     fn start(disk: Option<&Path>, name: &str) -> Vm {
-        Vm::start_with(accel(), disk, name, &[])
+        Vm::start_append(accel(), disk, name, &[], "")
     }
 
     /// Boot with `-nic` options (user-mode networking only: nothing reaches the host's network
     /// configuration).
     fn start_nics(disk: &Path, name: &str, nics: &[&str]) -> Vm {
-        Vm::start_with(accel(), Some(disk), name, nics)
-    }
-
-    fn start_with(accel: &str, disk: Option<&Path>, name: &str, nics: &[&str]) -> Vm {
-        Vm::start_append(accel, disk, name, nics, "")
+        Vm::start_append(accel(), Some(disk), name, nics, "")
     }
 
     /// Boot with `append` added to the kernel command line.
@@ -148,154 +73,21 @@ impl Vm {
         nics: &[&str],
         append: &str,
     ) -> Vm {
-        let qmp = tmp().join(format!("{name}.qmp"));
-        let _ = fs::remove_file(&qmp);
-        let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args(["-accel", accel, "-m", "512", "-kernel"])
-            .arg(img.join("vmlinuz"))
-            .arg("-initrd")
-            .arg(img.join("initramfs.img"))
-            .arg("-append")
-            .arg(format!("console=ttyS0 {append}").trim_end())
-            .args(["-display", "none", "-serial", "stdio", "-monitor", "none"])
-            .arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", qmp.display()));
-        if nics.is_empty() {
-            cmd.args(["-nic", "none"]);
-        }
-        for n in nics {
-            cmd.args(["-nic", n]);
-        }
-        if let Some(d) = disk {
-            cmd.arg("-drive")
-                .arg(format!("file={},format=raw,if=virtio", d.display()));
-        }
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        eprintln!("vm {name}: {cmd:?}");
-        let started = Instant::now();
-        let mut child = cmd.spawn().expect("start qemu-system-x86_64");
-        let console = Console::default();
-        pump(child.stdout.take().unwrap(), console.clone());
-        pump(child.stderr.take().unwrap(), console.clone());
-        Vm {
-            stdin: child.stdin.take(),
-            child,
-            console,
-            qmp,
-            started,
-            name: name.to_owned(),
-        }
-    }
-
-    fn console(&self) -> String {
-        self.console
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// Wait until the console holds `needle` `count` times; the time since QEMU started.
-    fn wait_count(
-        &self,
-        needle: &str,
-        count: usize,
-        timeout: Duration,
-    ) -> Result<Duration, String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.console().matches(needle).count() >= count {
-                return Ok(self.started.elapsed());
-            }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "vm {}: no {needle:?} (x{count}) on the console within {timeout:?}; console:\n{}",
-                    self.name,
-                    self.console()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn wait_for(&self, needle: &str, timeout: Duration) -> Result<Duration, String> {
-        self.wait_count(needle, 1, timeout)
-    }
-
-    fn expect(&self, needle: &str, timeout: Duration) -> Duration {
-        self.wait_for(needle, timeout)
-            .unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// Type a line on the serial console.
-    fn send(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("console input");
-        stdin
-            .write_all(format!("{line}\n").as_bytes())
-            .and_then(|()| stdin.flush())
-            .expect("write to the console");
-    }
-
-    /// Run one QMP command (after the capabilities handshake); its answer line.
-    fn qmp(&self, command: &str) -> String {
-        self.qmp_json(&format!("{{\"execute\": \"{command}\"}}"))
-    }
-
-    /// Run one QMP request given as JSON; its answer line.
-    fn qmp_json(&self, request: &str) -> String {
-        let mut s = UnixStream::connect(&self.qmp).expect("connect to QMP");
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut r = BufReader::new(s.try_clone().unwrap());
-        let mut line = String::new();
-        r.read_line(&mut line).expect("QMP greeting");
-        let mut answer = |req: &str| {
-            writeln!(s, "{req}").expect("QMP write");
-            loop {
-                let mut l = String::new();
-                r.read_line(&mut l).expect("QMP answer");
-                if l.contains("\"return\"") || l.contains("\"error\"") || l.is_empty() {
-                    return l;
-                }
-            }
-        };
-        answer("{\"execute\": \"qmp_capabilities\"}");
-        answer(request)
-    }
-
-    /// Wait for QEMU to exit; its status.
-    fn wait_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus, String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(st) = self.child.try_wait().map_err(|e| e.to_string())? {
-                return Ok(st);
-            }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "vm {}: QEMU still running after {timeout:?}; console:\n{}",
-                    self.name,
-                    self.console()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = fs::remove_file(&self.qmp);
+        let disks: Vec<&Path> = disk.into_iter().collect();
+        Vm::launch(Spec {
+            disks: &disks,
+            nics,
+            ..Spec::new(name, accel, Boot::Kernel { image: img, append })
+        })
     }
 }
 
 /// A private copy of a site's config disk (QEMU locks the file it boots from).
 fn disk_copy(site: &str, test: &str) -> PathBuf {
-    let from = image().join("sites").join(format!("{site}.cidata.img"));
-    let to = tmp().join(format!("{test}-{site}.cidata.img"));
-    fs::copy(&from, &to).expect("copy the config disk");
-    to
+    copy_for(
+        &image().join("sites").join(format!("{site}.cidata.img")),
+        test,
+    )
 }
 
 #[test]
