@@ -5,6 +5,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::debcache;
 use crate::tools::{cmd, run};
 use crate::ImageError;
 
@@ -29,8 +30,6 @@ fn version_of(show: &str) -> Option<String> {
 
 /// Get systemd-boot: the given `.deb`, or the package from the cache or `apt-get download`.
 pub fn fetch(deb: Option<&Path>, cache: &Path) -> Result<Loader, ImageError> {
-    let debs = cache.join("debs");
-    fs::create_dir_all(&debs).map_err(|e| ImageError::io("create", &debs, e))?;
     let (deb, version, cached) = match deb {
         Some(d) => (d.to_owned(), None, true),
         None => {
@@ -41,32 +40,7 @@ pub fn fetch(deb: Option<&Path>, cache: &Path) -> Result<Loader, ImageError> {
             let ver = version_of(&show).ok_or_else(|| ImageError::Loader {
                 why: format!("`apt-cache show {PACKAGE}` names no version (run `apt-get update`?)"),
             })?;
-            let file = debs.join(format!("{PACKAGE}_{}_amd64.deb", ver.replace(':', "%3a")));
-            let cached = file.exists();
-            if !cached {
-                let tmp = debs.join(".download-boot");
-                let _ = fs::remove_dir_all(&tmp);
-                fs::create_dir_all(&tmp).map_err(|e| ImageError::io("create", &tmp, e))?;
-                run(
-                    cmd("apt-get", ["download", &format!("{PACKAGE}={ver}")]),
-                    Some(&tmp),
-                )?;
-                let got = fs::read_dir(&tmp)
-                    .map_err(|e| ImageError::io("read directory", &tmp, e))?
-                    .filter_map(Result::ok)
-                    .map(|e| e.path())
-                    .find(|p| p.extension().is_some_and(|x| x == "deb"))
-                    .ok_or_else(|| ImageError::Loader {
-                        why: format!(
-                            "apt-get download {PACKAGE}={ver} left no .deb in {}",
-                            tmp.display()
-                        ),
-                    })?;
-                fs::rename(&got, &file).map_err(|e| ImageError::io("rename into", &file, e))?;
-                let _ = fs::remove_dir_all(&tmp);
-            } else {
-                eprintln!("    cached: {}", file.display());
-            }
+            let (file, cached) = debcache::download(cache, PACKAGE, &ver)?;
             (file, Some(ver), cached)
         }
     };
@@ -82,25 +56,7 @@ pub fn fetch(deb: Option<&Path>, cache: &Path) -> Result<Loader, ImageError> {
         .trim()
         .to_owned(),
     };
-    let root = cache.join("extracted").join(format!("{PACKAGE}_{version}"));
-    if !root.join(".complete").exists() {
-        let tmp = cache
-            .join("extracted")
-            .join(format!("{PACKAGE}_{version}.partial"));
-        let _ = fs::remove_dir_all(&tmp);
-        fs::create_dir_all(&tmp).map_err(|e| ImageError::io("create", &tmp, e))?;
-        run(
-            cmd(
-                "dpkg-deb",
-                ["-x".as_ref(), deb.as_os_str(), tmp.as_os_str()],
-            ),
-            None,
-        )?;
-        let _ = fs::remove_dir_all(&root);
-        fs::rename(&tmp, &root).map_err(|e| ImageError::io("rename into", &root, e))?;
-        fs::write(root.join(".complete"), "")
-            .map_err(|e| ImageError::io("write", &root.join(".complete"), e))?;
-    }
+    let root = debcache::extract(cache, &deb, PACKAGE, &version)?;
     let efi = root.join(LOADER);
     let head = fs::read(&efi).map_err(|e| ImageError::io("read", &efi, e))?;
     // A PE image: "MZ", then "PE\0\0" at the offset stored at 0x3c.

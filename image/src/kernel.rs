@@ -4,6 +4,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::debcache;
 use crate::tools::{cmd, run};
 use crate::{ImageError, Profile};
 
@@ -80,39 +81,11 @@ fn deb_fields(deb: &Path) -> Result<(String, String, String), ImageError> {
 /// Get the kernel: the given `.deb`, or the profile's current package from the cache or
 /// `apt-get download`. Checks the architecture (amd64) and extracts it (once per version).
 pub fn fetch(profile: Profile, deb: Option<&Path>, cache: &Path) -> Result<Kernel, ImageError> {
-    let debs = cache.join("debs");
-    fs::create_dir_all(&debs).map_err(|e| ImageError::io("create", &debs, e))?;
     let (deb, cached) = match deb {
         Some(d) => (d.to_owned(), true),
         None => {
             let (pkg, ver) = resolve(metapackage(profile))?;
-            let file = debs.join(format!("{pkg}_{}_amd64.deb", ver.replace(':', "%3a")));
-            if file.exists() {
-                eprintln!("    cached: {}", file.display());
-                (file, true)
-            } else {
-                let tmp = debs.join(".download");
-                let _ = fs::remove_dir_all(&tmp);
-                fs::create_dir_all(&tmp).map_err(|e| ImageError::io("create", &tmp, e))?;
-                run(
-                    cmd("apt-get", ["download", &format!("{pkg}={ver}")]),
-                    Some(&tmp),
-                )?;
-                let got = fs::read_dir(&tmp)
-                    .map_err(|e| ImageError::io("read directory", &tmp, e))?
-                    .filter_map(Result::ok)
-                    .map(|e| e.path())
-                    .find(|p| p.extension().is_some_and(|x| x == "deb"))
-                    .ok_or_else(|| ImageError::Kernel {
-                        why: format!(
-                            "apt-get download {pkg}={ver} left no .deb in {}",
-                            tmp.display()
-                        ),
-                    })?;
-                fs::rename(&got, &file).map_err(|e| ImageError::io("rename into", &file, e))?;
-                let _ = fs::remove_dir_all(&tmp);
-                (file, false)
-            }
+            debcache::download(cache, &pkg, &ver)?
         }
     };
     let (package, version, arch) = deb_fields(&deb)?;
@@ -132,25 +105,7 @@ pub fn fetch(profile: Profile, deb: Option<&Path>, cache: &Path) -> Result<Kerne
             ),
         });
     }
-    let root = cache.join("extracted").join(format!("{package}_{version}"));
-    if !root.join(".complete").exists() {
-        let tmp = cache
-            .join("extracted")
-            .join(format!("{package}_{version}.partial"));
-        let _ = fs::remove_dir_all(&tmp);
-        fs::create_dir_all(&tmp).map_err(|e| ImageError::io("create", &tmp, e))?;
-        run(
-            cmd(
-                "dpkg-deb",
-                ["-x".as_ref(), deb.as_os_str(), tmp.as_os_str()],
-            ),
-            None,
-        )?;
-        let _ = fs::remove_dir_all(&root);
-        fs::rename(&tmp, &root).map_err(|e| ImageError::io("rename into", &root, e))?;
-        fs::write(root.join(".complete"), "")
-            .map_err(|e| ImageError::io("write", &root.join(".complete"), e))?;
-    }
+    let root = debcache::extract(cache, &deb, &package, &version)?;
     let vmlinuz = fs::read_dir(root.join("boot"))
         .map_err(|e| ImageError::io("read directory", &root.join("boot"), e))?
         .filter_map(Result::ok)

@@ -26,6 +26,7 @@
 pub mod bootloader;
 pub mod cidata;
 pub mod cpio;
+pub mod debcache;
 pub mod disk;
 pub mod gpt;
 pub mod kernel;
@@ -758,47 +759,26 @@ fn convert_disks(
     disks: &[(PathBuf, Vec<u8>)],
     outputs: &mut Vec<Output>,
 ) -> Result<(), ImageError> {
+    // (format asked for, file extension, qemu-img's output format and options)
+    let conversions: [(Format, &str, &[&str]); 2] = [
+        (Format::Qcow2, "qcow2", &["-O", "qcow2"]),
+        // Azure wants a fixed VHD whose size is exactly the disk's (force_size).
+        (
+            Format::Vhd,
+            "vhd",
+            &["-O", "vpc", "-o", "subformat=fixed,force_size=on"],
+        ),
+    ];
     for (raw, _) in disks {
-        if opts.formats.contains(&Format::Qcow2) {
-            let out = raw.with_extension("qcow2");
+        for (format, ext, args) in conversions {
+            if !opts.formats.contains(&format) {
+                continue;
+            }
+            let out = raw.with_extension(ext);
             let _ = fs::remove_file(&out);
-            tools::run(
-                tools::cmd(
-                    "qemu-img",
-                    [
-                        "convert".as_ref(),
-                        "-f".as_ref(),
-                        "raw".as_ref(),
-                        "-O".as_ref(),
-                        "qcow2".as_ref(),
-                        raw.as_os_str(),
-                        out.as_os_str(),
-                    ],
-                ),
-                None,
-            )?;
-            outputs.push(file_output(&out)?);
-        }
-        if opts.formats.contains(&Format::Vhd) {
-            let out = raw.with_extension("vhd");
-            let _ = fs::remove_file(&out);
-            tools::run(
-                tools::cmd(
-                    "qemu-img",
-                    [
-                        "convert".as_ref(),
-                        "-f".as_ref(),
-                        "raw".as_ref(),
-                        "-O".as_ref(),
-                        "vpc".as_ref(),
-                        "-o".as_ref(),
-                        "subformat=fixed,force_size=on".as_ref(),
-                        raw.as_os_str(),
-                        out.as_os_str(),
-                    ],
-                ),
-                None,
-            )?;
+            let mut c = tools::cmd("qemu-img", ["convert", "-f", "raw"]);
+            c.args(args).arg(raw).arg(&out);
+            tools::run(c, None)?;
             outputs.push(file_output(&out)?);
         }
         if !opts.formats.contains(&Format::RawEfi) {
