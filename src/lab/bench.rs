@@ -100,6 +100,35 @@ fn iperf3(from: &SitePlan, to: &SitePlan, seconds: u32) -> Result<f64> {
         })
 }
 
+/// Sequence numbers answered in a ping train's output.
+pub fn answered(text: &str) -> Vec<u32> {
+    text.lines()
+        .filter_map(|l| {
+            l.split("icmp_seq=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// The longest run of unanswered pings between two answers of a train of `count`, and how many
+/// were lost after the last answer.
+pub fn longest_gap(text: &str, count: u32) -> (u32, u32) {
+    let seqs = answered(text);
+    let worst = seqs
+        .windows(2)
+        .map(|w| w[1].saturating_sub(w[0] + 1))
+        .max()
+        .unwrap_or(count);
+    (
+        worst,
+        count.saturating_sub(seqs.last().copied().unwrap_or(0)),
+    )
+}
+
 /// The longest run of lost pings in a 200 ms train across a cut of `a`-`b`, in ms; then heal and
 /// the time until `a` routes `b`'s LAN directly again.
 fn failover(plan: &LabPlan, mode: Mode, a: &SitePlan, b: &SitePlan) -> Result<(u32, f64)> {
@@ -114,18 +143,9 @@ fn failover(plan: &LabPlan, mode: Mode, a: &SitePlan, b: &SitePlan) -> Result<(u
     std::thread::sleep(Duration::from_secs(2));
     netns::cut(plan, &a.name, &b.name, false)?;
     let out = train.wait_with_output().context("ping train")?;
-    let seqs: Vec<u32> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            l.split("icmp_seq=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .collect();
-    let lost = seqs.windows(2).map(|w| w[1] - w[0] - 1).max().unwrap_or(50);
+    // A train that never recovers counts its tail as lost, not as no gap.
+    let (inner, tail) = longest_gap(&String::from_utf8_lossy(&out.stdout), 50);
+    let lost = inner.max(tail);
     netns::cut(plan, &a.name, &b.name, true)?;
     let healed = Instant::now();
     let direct = format!("wg-{}", b.name);
@@ -252,4 +272,26 @@ pub fn run(path: &Path, mode: &str, seconds: u32) -> Result<()> {
     down?;
     outln!("{table}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::longest_gap;
+
+    fn train(seqs: &[u32]) -> String {
+        let mut s = String::from("PING 10.2.0.10 (10.2.0.10) 56(84) bytes of data.\n");
+        for q in seqs {
+            s += &format!("64 bytes from 10.2.0.10: icmp_seq={q} ttl=62 time=4.1 ms\n");
+        }
+        s
+    }
+
+    #[test]
+    fn gap_inside_and_after_a_train() {
+        assert_eq!(longest_gap(&train(&[1, 2, 3, 4, 5]), 5), (0, 0));
+        assert_eq!(longest_gap(&train(&[1, 2, 9, 10]), 10), (6, 0));
+        // Cut and never recovered: the tail is the loss.
+        assert_eq!(longest_gap(&train(&[1, 2, 3]), 50), (0, 47));
+        assert_eq!(longest_gap(&train(&[]), 50), (50, 50));
+    }
 }

@@ -138,31 +138,7 @@ pub fn ping_avg(ns: &str, addr: &str, count: u32) -> Option<f64> {
         .ok()
 }
 
-/// Sequence numbers answered by a ping train.
-pub fn answered(text: &str) -> Vec<u32> {
-    text.lines()
-        .filter_map(|l| {
-            l.split("icmp_seq=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .collect()
-}
-
-/// The longest run of unanswered pings inside a train, and how many were lost after the last
-/// answer (of `count`).
-pub fn longest_gap(text: &str, count: u32) -> (u32, u32) {
-    let seqs = answered(text);
-    let worst = seqs
-        .windows(2)
-        .map(|w| w[1] - w[0] - 1)
-        .max()
-        .unwrap_or(count);
-    (worst, count - seqs.last().copied().unwrap_or(0))
-}
+pub use sitelink::lab::bench::longest_gap;
 
 /// `PREFIX VIA METRIC PATH` of the active route of `prefix` in a router status.
 pub fn active_route(status: &serde_json::Value, prefix: &str) -> String {
