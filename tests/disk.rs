@@ -477,6 +477,71 @@ fn vm_disk_build_is_reproducible() {
     }
 }
 
+/// The cloud formats boot too: Azure's fixed VHD as QEMU's `vpc`, and the `disk.raw` inside
+/// GCE's tar.gz (a whole number of GiB, as GCE requires).
+#[test]
+#[ignore = "vm tier: needs root, QEMU and OVMF"]
+fn vm_disk_cloud_formats_boot() {
+    require_vm_tier();
+    let out = common::build_image("disk-cloud", &keys(), |opts| {
+        opts.formats = sitelink_image::Format::parse_list("vhd,gce").unwrap();
+        opts.router_binary = Some(router_binary().to_owned());
+    });
+    assert!(
+        !out.join("sites/aws.raw").exists(),
+        "raw disks not asked for are removed"
+    );
+
+    let vhd = out.join("sites/aws.vhd");
+    let info = Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(&vhd)
+        .output()
+        .unwrap();
+    let info = String::from_utf8_lossy(&info.stdout).replace([' ', '\n'], "");
+    assert!(info.contains("\"format\":\"vpc\""), "{info}");
+    assert!(
+        info.contains(&format!("\"virtual-size\":{}", disk::DISK_SIZE)),
+        "the VHD's size is the disk's, to the byte (Azure wants whole MiB): {info}"
+    );
+    // A fixed VHD is the raw disk plus a 512-byte footer.
+    assert_eq!(fs::metadata(&vhd).unwrap().len(), disk::DISK_SIZE + 512);
+
+    let unpacked = tmp().join("disk-cloud-gce");
+    let _ = fs::remove_dir_all(&unpacked);
+    fs::create_dir_all(&unpacked).unwrap();
+    let tar = Command::new("tar")
+        .arg("-xzSf")
+        .arg(out.join("sites/aws.gce.tar.gz"))
+        .arg("-C")
+        .arg(&unpacked)
+        .status()
+        .unwrap();
+    assert!(tar.success());
+    let names: Vec<_> = fs::read_dir(&unpacked)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["disk.raw"], "GCE wants exactly one file, disk.raw");
+    let raw = unpacked.join("disk.raw");
+    assert_eq!(fs::metadata(&raw).unwrap().len(), disk::GCE_DISK_SIZE);
+
+    let _one = vm_lock();
+    // The unpacked disk.raw is this test's own; the VHD is copied (a boot writes the disk).
+    let vhd = copy_for(&vhd, "azure");
+    for (disk, format, name) in [(&vhd, "vpc", "azure-vhd"), (&raw, "raw", "gce-raw")] {
+        let vm = Vm::boot(disk, format, name, None);
+        let took = vm.expect("sitelink: ready site=aws", READY_TIMEOUT);
+        eprintln!(
+            "vm disk: {name} to `sitelink: ready site=aws` (OVMF, TCG) in {:.2} s",
+            took.as_secs_f64()
+        );
+        let console = vm.stop();
+        assert!(!console.contains("Kernel panic"), "{console}");
+    }
+    let _ = fs::remove_dir_all(&unpacked);
+}
+
 fn sitelink_digest(path: &Path) -> String {
     use sha2::Digest;
     let data = fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
