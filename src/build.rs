@@ -68,6 +68,7 @@ pub fn image(command: ImageCommand) -> anyhow::Result<()> {
             tries,
             append,
         } => {
+            sitelink_image::disk::check_update(tries, &append)?;
             let read = |name: &str| {
                 let p = from.join(name);
                 std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))

@@ -421,6 +421,19 @@ pub struct Updated {
     pub version: u64,
 }
 
+/// The arguments of [`update`], checked before anything is read or written: at least one try,
+/// and a `sitelink.health_timeout=` in `extra` that the init takes.
+pub fn check_update(tries: u32, extra: &str) -> Result<(), ImageError> {
+    if tries == 0 {
+        return Err(ImageError::Usage(
+            "--tries 0 would install a slot that is never booted; give 1 or more".into(),
+        ));
+    }
+    slots::cmdline_health_timeout(extra)
+        .map(|_| ())
+        .map_err(|e| ImageError::Usage(format!("--append: {e}")))
+}
+
 /// Install a kernel + initramfs into the slot that is not active on the disk at `path`: remove
 /// that slot's entry first (a half-written slot is never booted), write the files, then write
 /// its entry as `sitelink-<slot>+<tries>.conf` with a version above every other, so
@@ -432,11 +445,7 @@ pub fn update(
     tries: u32,
     extra: &str,
 ) -> Result<Updated, ImageError> {
-    if tries == 0 {
-        return Err(ImageError::Usage(
-            "--tries 0 would install a slot that is never booted; give 1 or more".into(),
-        ));
-    }
+    check_update(tries, extra)?;
     with_fs(path, "sitelink-esp", |fs| {
         let entries = read_entries(fs)?;
         let slot = slots::update_slot(&entries);

@@ -132,6 +132,11 @@ fn copy_from_disk(dev: &Path) -> Result<(), String> {
                 Err(e) if name == "site.toml" => {
                     return Err(format!("{} holds no {name}: {e}", dev.display()))
                 }
+                // A key that is there but cannot be read (an I/O error) must not be replaced
+                // by another key: the router would come up with a different identity.
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(format!("cannot read {name} on {}: {e}", dev.display()))
+                }
                 Err(_) => match state_key() {
                     // A sitelink disk whose config partition has no key: the router's own
                     // key from the state partition (generated there at first boot).

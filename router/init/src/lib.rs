@@ -149,8 +149,20 @@ pub fn run() -> ! {
 
 /// Which slot booted (`sitelink.slot=` and its entry on the ESP), said on the console.
 fn boot_slot() -> Option<Assessment> {
-    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let timeout = slots::cmdline_health_timeout(&cmdline);
+    let cmdline = match std::fs::read_to_string("/proc/cmdline") {
+        Ok(c) => c,
+        Err(e) => {
+            say!("cannot read /proc/cmdline: {e}; no boot slot, no boot assessment");
+            return None;
+        }
+    };
+    let timeout = slots::cmdline_health_timeout(&cmdline).unwrap_or_else(|e| {
+        say!(
+            "{e}; the boot assessment waits the default {} s",
+            slots::DEFAULT_HEALTH_TIMEOUT.as_secs()
+        );
+        slots::DEFAULT_HEALTH_TIMEOUT
+    });
     match slots::at_boot(&cmdline) {
         Ok(None) => None,
         Err(e) => {
@@ -195,9 +207,22 @@ fn console_commands(tx: Sender<Event>) {
     let spawned = std::thread::Builder::new()
         .name("console".into())
         .spawn(move || {
-            for line in std::io::stdin().lock().lines() {
-                let Ok(line) = line else { break };
-                let line = line.trim().to_owned();
+            // Bytes, not `lines()`: line noise on a serial port (not UTF-8) must not end the
+            // console for the rest of the boot.
+            let mut stdin = std::io::stdin().lock();
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match stdin.read_until(b'\n', &mut buf) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        say!("console input: {e}; no more console commands");
+                        break;
+                    }
+                }
+                let line = String::from_utf8_lossy(&buf).trim().to_owned();
                 if !line.is_empty() && tx.send(Event::Command(line)).is_err() {
                     break;
                 }

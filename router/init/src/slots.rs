@@ -234,14 +234,24 @@ pub fn cmdline_slot(cmdline: &str) -> Option<char> {
     }
 }
 
-/// `sitelink.health_timeout=SECONDS` of the kernel command line, else the default.
-pub fn cmdline_health_timeout(cmdline: &str) -> Duration {
-    cmdline
+/// The longest `sitelink.health_timeout=` taken: a day.
+pub const MAX_HEALTH_TIMEOUT: u64 = 86_400;
+
+/// `sitelink.health_timeout=SECONDS` of the kernel command line (1 to [`MAX_HEALTH_TIMEOUT`]),
+/// else the default. A value out of range is an error that says what is valid.
+pub fn cmdline_health_timeout(cmdline: &str) -> Result<Duration, String> {
+    let Some(v) = cmdline
         .split_whitespace()
         .find_map(|a| a.strip_prefix("sitelink.health_timeout="))
-        .and_then(|v| v.parse().ok())
-        .map(Duration::from_secs)
-        .unwrap_or(DEFAULT_HEALTH_TIMEOUT)
+    else {
+        return Ok(DEFAULT_HEALTH_TIMEOUT);
+    };
+    match v.parse::<u64>() {
+        Ok(s) if (1..=MAX_HEALTH_TIMEOUT).contains(&s) => Ok(Duration::from_secs(s)),
+        _ => Err(format!(
+            "sitelink.health_timeout={v} is not valid: whole seconds from 1 to {MAX_HEALTH_TIMEOUT}"
+        )),
+    }
 }
 
 /// Healthy per the route installer's status file (`/run/sitelink/routed.toml`): at least one
@@ -308,20 +318,42 @@ pub fn with_partition<T>(
     r
 }
 
-fn read_entries(esp: &Path) -> Result<Vec<SlotEntry>, String> {
+/// Every file in the ESP's entry directory with its text. An entry that cannot be read is an
+/// error, not an empty entry: its version would count as 0 and an update could be given a
+/// version that does not sort first.
+fn read_entry_files(esp: &Path) -> Result<Vec<(String, String)>, String> {
     let dir = esp.join(ENTRIES_DIR);
     let rd = fs::read_dir(&dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
-    let files: Vec<(String, String)> = rd
-        .filter_map(Result::ok)
-        .filter_map(|e| {
-            let name = e.file_name().to_str()?.to_owned();
-            let text = fs::read_to_string(e.path()).unwrap_or_default();
-            Some((name, text))
-        })
-        .collect();
+    let mut files = Vec::new();
+    for e in rd {
+        let e = e.map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+        let Some(name) = e.file_name().to_str().map(str::to_owned) else {
+            continue; // not a name systemd-boot or we would write
+        };
+        let text = fs::read_to_string(e.path())
+            .map_err(|err| format!("cannot read {}: {err}", e.path().display()))?;
+        files.push((name, text));
+    }
+    Ok(files)
+}
+
+fn read_entries(esp: &Path) -> Result<Vec<SlotEntry>, String> {
+    let files = read_entry_files(esp)?;
     Ok(slot_entries(
         files.iter().map(|(n, t)| (n.as_str(), t.as_str())),
     ))
+}
+
+/// What an entry of `slot` adds to [`kernel_options`] (e.g. `sitelink.health_timeout=60` given
+/// to `sitelink image update --append`), so an update keeps it; empty if the entry has none.
+pub fn entry_extra_options(text: &str, slot: char) -> String {
+    let base = kernel_options(slot, "");
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("options"))
+        .and_then(|o| o.trim().strip_prefix(base.as_str()))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
 }
 
 /// At boot: which slot was booted (`sitelink.slot=`) and the state of its entry. `Ok(None)`
@@ -434,8 +466,15 @@ fn install_into_esp(
             "the update disk holds the release slot {running} runs; nothing to install"
         )));
     }
-    let entries = read_entries(esp)?;
+    let files = read_entry_files(esp)?;
+    let entries = slot_entries(files.iter().map(|(n, t)| (n.as_str(), t.as_str())));
     let target = other(running);
+    // The new slot boots with what the running slot's entry adds to the kernel command line.
+    let extra = files
+        .iter()
+        .find(|(n, _)| EntryName::parse(n).and_then(|e| e.slot()) == Some(running))
+        .map(|(_, t)| entry_extra_options(t, running))
+        .unwrap_or_default();
     let bad = entries.iter().any(|e| e.slot == target && e.name.bad());
     if bad && holds(target) {
         return Ok(UpdateOutcome::Skipped(format!(
@@ -465,7 +504,7 @@ fn install_into_esp(
     let p = dir.join(&entry);
     fs::File::create(&p)
         .and_then(|mut f| {
-            let text = entry_text(target, version, &kernel_options(target, ""));
+            let text = entry_text(target, version, &kernel_options(target, &extra));
             std::io::Write::write_all(&mut f, text.as_bytes())?;
             f.sync_all()
         })
@@ -575,9 +614,33 @@ mod tests {
         ));
         let cmdline = "console=ttyS0 sitelink.slot=b sitelink.health_timeout=20";
         assert_eq!(cmdline_slot(cmdline), Some('b'));
-        assert_eq!(cmdline_health_timeout(cmdline), Duration::from_secs(20));
+        assert_eq!(cmdline_health_timeout(cmdline), Ok(Duration::from_secs(20)));
         assert_eq!(cmdline_slot("sitelink.slot=c"), None);
-        assert_eq!(cmdline_health_timeout("x"), DEFAULT_HEALTH_TIMEOUT);
+        assert_eq!(cmdline_health_timeout("x"), Ok(DEFAULT_HEALTH_TIMEOUT));
+        // Out of range or not a number: an error naming the value and the range, never a
+        // deadline that overflows in PID 1.
+        for bad in ["0", "86401", "18446744073709551615", "5m", ""] {
+            let e =
+                cmdline_health_timeout(&format!("sitelink.health_timeout={bad}")).expect_err(bad);
+            assert!(
+                e.contains(&format!("={bad} ")) && e.contains("1 to 86400"),
+                "{e}"
+            );
+        }
+        // What `image update --append` added is what an update disk's release keeps.
+        let t = entry_text(
+            'a',
+            3,
+            &kernel_options('a', "sitelink.health_timeout=60 quiet"),
+        );
+        assert_eq!(
+            entry_extra_options(&t, 'a'),
+            "sitelink.health_timeout=60 quiet"
+        );
+        assert_eq!(
+            entry_extra_options(&entry_text('a', 1, &kernel_options('a', "")), 'a'),
+            ""
+        );
     }
 
     #[test]
@@ -593,7 +656,7 @@ mod tests {
         put("sitelink/a/initramfs.img", b"i1");
         put(
             "loader/entries/sitelink-a.conf",
-            entry_text('a', 1, "x").as_bytes(),
+            entry_text('a', 1, &kernel_options('a', "sitelink.health_timeout=60")).as_bytes(),
         );
         // The running release: nothing to do.
         let r = install_into_esp(&esp, 'a', b"k1", b"i1");
@@ -610,6 +673,11 @@ mod tests {
         let text =
             fs::read_to_string(esp.join("loader/entries/sitelink-b+3.conf")).unwrap_or_default();
         assert_eq!(entry_version(&text), 2);
+        assert_eq!(
+            entry_extra_options(&text, 'b'),
+            "sitelink.health_timeout=60",
+            "the running slot's extra kernel options carry over: {text}"
+        );
         assert_eq!(
             fs::read(esp.join("sitelink/b/vmlinuz")).unwrap_or_default(),
             b"k2"
@@ -638,6 +706,13 @@ mod tests {
             })
             .unwrap_or_default();
         assert_eq!(names.len(), 2, "{names:?}");
+        // An entry that cannot be read stops the install instead of counting as version 0.
+        let _ = fs::create_dir_all(esp.join("loader/entries/sitelink-b+1.conf"));
+        let r = install_into_esp(&esp, 'a', b"k4", b"i4");
+        assert!(
+            matches!(&r, Err(e) if e.contains("sitelink-b+1.conf")),
+            "{r:?}"
+        );
         let _ = fs::remove_dir_all(&esp);
     }
 
