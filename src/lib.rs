@@ -74,7 +74,7 @@ impl<E: Into<anyhow::Error>> From<E> for CliError {
         ) || matches!(
             e.downcast_ref(),
             Some(sitelink_lab::netns::LabError::UnknownSite { .. })
-        );
+        ) || matches!(e.downcast_ref(), Some(sitelink_image::ImageError::Usage(_)));
         if usage {
             CliError::Usage(e)
         } else {

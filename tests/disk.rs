@@ -575,11 +575,20 @@ fn image_cli_errors_name_the_disk_and_the_valid_formats() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert_eq!(out.status.code(), Some(2), "invalid input exits 2: {err}");
     assert!(
         err.contains("\"iso\"") && err.contains("raw-efi, qcow2, vhd, gce"),
         "{err}"
     );
+    let out = Command::new(bin)
+        .args(["image", "update"])
+        .arg(&junk)
+        .args(["--from", "/nonexistent", "--tries", "0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--tries 0"), "{err}");
     assert!(
         !tmp().join("cli-out/vmlinuz").exists(),
         "nothing is built on a bad --format"
