@@ -393,11 +393,14 @@ pub fn bring_up(
     if cancelled() {
         return Err(netns::LabError::Cancelled.into());
     }
-    let accel = image.as_ref().map(|img| {
-        let (accel, why) = vm::accel(img);
-        outln!("lab {}: VMs run under {why}", net.name);
-        accel
-    });
+    let accel = match &image {
+        Some(img) => {
+            let (accel, why) = vm::accel(img)?;
+            outln!("lab {}: VMs run under {why}", net.name);
+            Some(accel)
+        }
+        None => None,
+    };
     let start = Instant::now();
     let me = std::env::current_exe().context("cannot find this executable")?;
     netns::build(&plan, &me, mode)?;

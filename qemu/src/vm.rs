@@ -139,6 +139,7 @@ pub fn qemu_args(
 
 /// QEMU is installed (before anything is built or started).
 pub fn check_qemu() -> Result<(), LabError> {
+    accel_override()?;
     let ok = Command::new("qemu-system-x86_64")
         .arg("--version")
         .stdout(Stdio::null())
@@ -380,14 +381,14 @@ pub fn qmp(sock: &Path, command: &str) -> Result<String, LabError> {
 /// The accelerator for the lab's VMs: `$SITELINK_QEMU_ACCEL` if set, else KVM if a guest kernel
 /// really boots under it (on some hosts /dev/kvm exists but guests stop with "KVM internal
 /// error"), else TCG. Also says why, for the user.
-pub fn accel(image: &VmImage) -> (&'static str, String) {
-    match std::env::var("SITELINK_QEMU_ACCEL").as_deref() {
-        Ok("kvm") => return ("kvm", "KVM ($SITELINK_QEMU_ACCEL)".into()),
-        Ok("tcg") => return ("tcg", "TCG ($SITELINK_QEMU_ACCEL)".into()),
-        _ => {}
+pub fn accel(image: &VmImage) -> Result<(&'static str, String), LabError> {
+    match accel_override()? {
+        Some("kvm") => return Ok(("kvm", "KVM ($SITELINK_QEMU_ACCEL)".into())),
+        Some(_) => return Ok(("tcg", "TCG ($SITELINK_QEMU_ACCEL)".into())),
+        None => {}
     }
     if !Path::new("/dev/kvm").exists() {
-        return ("tcg", "TCG (no /dev/kvm)".into());
+        return Ok(("tcg", "TCG (no /dev/kvm)".into()));
     }
     // The probe costs seconds; its answer holds until the host reboots (/run is a tmpfs).
     let cache = Path::new("/run/sitelink-lab/accel");
@@ -407,10 +408,24 @@ pub fn accel(image: &VmImage) -> (&'static str, String) {
     } else {
         "probed now".to_owned()
     };
-    if works {
+    Ok(if works {
         ("kvm", format!("KVM ({how})"))
     } else {
         ("tcg", format!("TCG: KVM is present but a guest kernel prints nothing under it here, so software emulation ({how})"))
+    })
+}
+
+/// `$SITELINK_QEMU_ACCEL`: `kvm`, `tcg`, or unset (probe). Any other value is an error, not
+/// a probe the user did not ask for.
+pub fn accel_override() -> Result<Option<&'static str>, LabError> {
+    match std::env::var("SITELINK_QEMU_ACCEL") {
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Ok(v) if v == "kvm" => Ok(Some("kvm")),
+        Ok(v) if v == "tcg" => Ok(Some("tcg")),
+        Ok(v) => Err(LabError::Failed(format!(
+            "SITELINK_QEMU_ACCEL={v:?} is not valid: kvm, tcg, or unset (probe KVM, fall back to TCG)"
+        ))),
+        Err(e) => Err(LabError::Failed(format!("SITELINK_QEMU_ACCEL: {e}"))),
     }
 }
 

@@ -78,7 +78,8 @@ pub fn accel(image: &Path) -> &'static str {
         let (accel, how) = sitelink_lab::vm::accel(&sitelink_lab::vm::VmImage {
             kernel: image.join("vmlinuz"),
             initrd: image.join("initramfs.img"),
-        });
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
         eprintln!("vm: accelerator {how}");
         accel
     })
