@@ -754,12 +754,15 @@ fn udp_to_tun(shared: &Shared) {
     // this project's VMs, where the idle loop does not halt-poll, it is most of a ping's
     // round trip). Heavy load never spins; an idle interface never spins.
     // `SITELINK_WG_BUSY_POLL_US=0` turns it off.
-    let spin = Duration::from_micros(
-        std::env::var("SITELINK_WG_BUSY_POLL_US")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(DEFAULT_BUSY_POLL_US),
-    );
+    let spin = Duration::from_micros(match std::env::var("SITELINK_WG_BUSY_POLL_US") {
+        Err(_) => DEFAULT_BUSY_POLL_US,
+        Ok(v) => v.parse().unwrap_or_else(|_| {
+            log::warn!(
+                "SITELINK_WG_BUSY_POLL_US={v:?} is not a number of microseconds (0 turns the busy poll off); using {DEFAULT_BUSY_POLL_US}"
+            );
+            DEFAULT_BUSY_POLL_US
+        }),
+    });
     let mut active = false;
     while !shared.stop.load(Ordering::Relaxed) {
         let mut wrote_tun = false;
