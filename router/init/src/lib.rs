@@ -105,7 +105,7 @@ struct Assessment {
     timeout: Duration,
     next_check: Instant,
     healthy: bool,
-    /// The booted entry is good (was at boot, or marked so): an update disk may be installed.
+    /// Healthy on a good entry (good at boot, or marked so): an update disk may be installed.
     good: bool,
     /// The update disk last looked at (looked at again only once it was removed).
     update_seen: Option<PathBuf>,
