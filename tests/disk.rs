@@ -493,19 +493,25 @@ fn vm_disk_cloud_formats_boot() {
     );
 
     let vhd = out.join("sites/aws.vhd");
+    // A fixed VHD is the raw disk plus a 512-byte footer (no header, so `qemu-img` without `-f`
+    // may take it for raw): cookie `conectix`, disk type 2 (fixed), current size = the disk's.
+    let bytes = fs::read(&vhd).unwrap();
+    assert_eq!(bytes.len() as u64, disk::DISK_SIZE + 512);
+    let footer = &bytes[bytes.len() - 512..];
+    assert_eq!(&footer[..8], b"conectix", "VHD footer cookie");
+    assert_eq!(footer[60..64], 2u32.to_be_bytes(), "disk type: fixed");
+    assert_eq!(footer[48..56], disk::DISK_SIZE.to_be_bytes(), "current size");
+    drop(bytes);
     let info = Command::new("qemu-img")
-        .args(["info", "--output=json"])
+        .args(["info", "-f", "vpc", "--output=json"])
         .arg(&vhd)
         .output()
         .unwrap();
     let info = String::from_utf8_lossy(&info.stdout).replace([' ', '\n'], "");
-    assert!(info.contains("\"format\":\"vpc\""), "{info}");
     assert!(
         info.contains(&format!("\"virtual-size\":{}", disk::DISK_SIZE)),
-        "the VHD's size is the disk's, to the byte (Azure wants whole MiB): {info}"
+        "QEMU reads the VHD as the disk's size, to the byte (Azure wants whole MiB): {info}"
     );
-    // A fixed VHD is the raw disk plus a 512-byte footer.
-    assert_eq!(fs::metadata(&vhd).unwrap().len(), disk::DISK_SIZE + 512);
 
     let unpacked = tmp().join("disk-cloud-gce");
     let _ = fs::remove_dir_all(&unpacked);
