@@ -500,7 +500,11 @@ fn vm_disk_cloud_formats_boot() {
     let footer = &bytes[bytes.len() - 512..];
     assert_eq!(&footer[..8], b"conectix", "VHD footer cookie");
     assert_eq!(footer[60..64], 2u32.to_be_bytes(), "disk type: fixed");
-    assert_eq!(footer[48..56], disk::DISK_SIZE.to_be_bytes(), "current size");
+    assert_eq!(
+        footer[48..56],
+        disk::DISK_SIZE.to_be_bytes(),
+        "current size"
+    );
     drop(bytes);
     let info = Command::new("qemu-img")
         .args(["info", "-f", "vpc", "--output=json"])
