@@ -366,6 +366,11 @@ fn vm_disk_update_rolls_back_and_commits() {
         "sitelink: slot b marked good (sitelink-b+2-1.conf -> sitelink-b.conf)",
         health,
     );
+    // Said once boot.log has its line.
+    vm.expect(
+        "sitelink: healthy slot=b tunnel=wg-gcp",
+        Duration::from_secs(10),
+    );
     vm.stop();
     assert_eq!(slots_of(&disk), ["sitelink-a.conf", "sitelink-b.conf"]);
     let log =

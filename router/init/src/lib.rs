@@ -334,11 +334,12 @@ impl Init {
                     Err(e) => say!("cannot mark slot {slot} good: {e}"),
                 }
             }
-            console::marker(&format!("sitelink: healthy slot={slot} tunnel={tunnel}"));
             let uptime = console::uptime();
             if let Err(e) = slots::record(&format!("{uptime:.1}s {line}")) {
                 say!("state partition: {e}");
             }
+            // Last: whoever watches the console for this line finds boot.log written.
+            console::marker(&format!("sitelink: healthy slot={slot} tunnel={tunnel}"));
             return;
         }
         if a.booted.entry.counting() && now >= a.deadline {
