@@ -286,10 +286,10 @@ impl Init {
                     "installed the release on {} into slot {slot} ({entry}); rebooting to try it",
                     dev.display()
                 );
-                console::marker(&format!("sitelink: {why}"));
                 if let Err(e) = slots::record(&format!("{:.1}s {why}", console::uptime())) {
                     say!("state partition: {e}");
                 }
+                console::marker(&format!("sitelink: {why}"));
                 self.shutdown_as(&why, nix::sys::reboot::RebootMode::RB_AUTOBOOT);
             }
         }
