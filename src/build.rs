@@ -47,7 +47,7 @@ pub enum ImageCommand {
         /// The build output directory holding vmlinuz and initramfs.img.
         #[arg(long, value_name = "DIR")]
         from: PathBuf,
-        /// Boot attempts before systemd-boot gives up on the new slot.
+        /// Boot attempts (1 to 10) before systemd-boot gives up on the new slot.
         #[arg(long, default_value_t = sitelink_image::disk::DEFAULT_TRIES)]
         tries: u32,
         /// Extra kernel command line arguments for the new slot (e.g.
@@ -75,15 +75,19 @@ pub fn image(command: ImageCommand) -> anyhow::Result<()> {
             };
             let vmlinuz = read("vmlinuz")?;
             let initramfs = read("initramfs.img")?;
-            let u = sitelink_image::disk::update(
-                &disk,
-                sitelink_image::disk::SlotFiles {
-                    vmlinuz: &vmlinuz,
-                    initramfs: &initramfs,
-                },
-                tries,
-                &append,
-            )?;
+            let files = sitelink_image::disk::SlotFiles {
+                vmlinuz: &vmlinuz,
+                initramfs: &initramfs,
+            };
+            if let Some(slot) = sitelink_image::disk::good_slot_holding(&disk, files)? {
+                outln!(
+                    "{}: its good slot {slot} already holds the release in {}; nothing installed",
+                    disk.display(),
+                    from.display()
+                );
+                return Ok(());
+            }
+            let u = sitelink_image::disk::update(&disk, files, tries, &append)?;
             outln!(
                 "{}: slot {} now holds {} (version {}, entry {}: {tries} tries, then back to slot {})",
                 disk.display(),

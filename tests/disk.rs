@@ -604,6 +604,15 @@ fn image_cli_errors_name_the_disk_and_the_valid_formats() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("--tries 0"), "{err}");
+    let out = Command::new(bin)
+        .args(["image", "update"])
+        .arg(&junk)
+        .args(["--from", "/nonexistent", "--tries", "1000"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--tries 1000: at most 10"), "{err}");
     assert!(
         !tmp().join("cli-out/vmlinuz").exists(),
         "nothing is built on a bad --format"

@@ -413,6 +413,29 @@ pub fn entries(path: &Path) -> Result<Vec<SlotEntry>, ImageError> {
     with_fs(path, "sitelink-esp", |fs| read_entries(fs))
 }
 
+/// The good slot of the disk at `path` (the update fallback), if it already holds exactly these
+/// files: installing them again would only put the same release into both slots.
+pub fn good_slot_holding(path: &Path, files: SlotFiles<'_>) -> Result<Option<char>, ImageError> {
+    with_fs(path, "sitelink-esp", |fs| {
+        let Some(slot) = slots::good_slot(&read_entries(fs)?) else {
+            return Ok(None);
+        };
+        let sd = slots::slot_dir(slot);
+        let same = |name: &str, want: &[u8]| -> io::Result<bool> {
+            let mut data = Vec::new();
+            match fs.root_dir().open_file(&format!("{sd}/{name}")) {
+                Ok(mut f) => f.read_to_end(&mut data)?,
+                Err(_) => return Ok(false),
+            };
+            Ok(data == want)
+        };
+        Ok(
+            (same("vmlinuz", files.vmlinuz)? && same("initramfs.img", files.initramfs)?)
+                .then_some(slot),
+        )
+    })
+}
+
 /// What [`update`] did.
 #[derive(Debug, Clone)]
 pub struct Updated {
@@ -421,13 +444,21 @@ pub struct Updated {
     pub version: u64,
 }
 
+/// The most boot attempts an update gets.
+pub const MAX_TRIES: u32 = 10;
+
 /// The arguments of [`update`], checked before anything is read or written: at least one try,
 /// and a `sitelink.health_timeout=` in `extra` that the init takes.
 pub fn check_update(tries: u32, extra: &str) -> Result<(), ImageError> {
     if tries == 0 {
-        return Err(ImageError::Usage(
-            "--tries 0 would install a slot that is never booted; give 1 or more".into(),
-        ));
+        return Err(ImageError::Usage(format!(
+            "--tries 0 would install a slot that is never booted; give 1 to {MAX_TRIES}"
+        )));
+    }
+    if tries > MAX_TRIES {
+        return Err(ImageError::Usage(format!(
+            "--tries {tries}: at most {MAX_TRIES} (each failed try can take the health timeout, 5 minutes by default, before the router gives up on it)"
+        )));
     }
     slots::cmdline_health_timeout(extra)
         .map(|_| ())
@@ -557,6 +588,42 @@ mod tests {
         );
         let _ = fs::remove_dir_all(d);
         let _ = fs::remove_dir_all(again);
+    }
+
+    #[test]
+    fn a_second_update_before_a_boot_keeps_the_good_slot() {
+        let d = tmpdir("update-twice");
+        let path = disk(&d);
+        let v2 = SlotFiles {
+            vmlinuz: b"kernel-2",
+            initramfs: b"initramfs-2",
+        };
+        let v3 = SlotFiles {
+            vmlinuz: b"kernel-3",
+            initramfs: b"initramfs-3",
+        };
+        assert_eq!(update(&path, v2, 3, "").map(|u| u.slot).ok(), Some('b'));
+        // b is on trial and was never booted: v3 replaces it, slot a stays the fallback.
+        let u = update(&path, v3, 3, "").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((u.slot, u.entry.as_str()), ('b', "sitelink-b+3.conf"));
+        let names: Vec<String> = entries(&path)
+            .unwrap_or_default()
+            .iter()
+            .map(|e| e.name.file_name())
+            .collect();
+        assert_eq!(names, ["sitelink-a.conf", "sitelink-b+3.conf"]);
+        assert_eq!(
+            read_file(&path, "sitelink-esp", "sitelink/a/vmlinuz").unwrap_or_default(),
+            b"kernel-1"
+        );
+        // The release the good slot holds is recognised (the CLI then installs nothing).
+        let v1 = SlotFiles {
+            vmlinuz: b"kernel-1",
+            initramfs: b"initramfs-1",
+        };
+        assert_eq!(good_slot_holding(&path, v1).ok(), Some(Some('a')));
+        assert_eq!(good_slot_holding(&path, v3).ok(), Some(None));
+        let _ = fs::remove_dir_all(d);
     }
 
     #[test]

@@ -197,9 +197,21 @@ pub fn active_slot(entries: &[SlotEntry]) -> Option<char> {
         .map(|e| e.slot)
 }
 
-/// The slot an update goes to: the one that is not active (`b` on a fresh disk).
+/// The newest slot whose entry is good (no boot counter left: it passed its assessment, or
+/// was built that way): what an update must keep as the fallback.
+pub fn good_slot(entries: &[SlotEntry]) -> Option<char> {
+    entries
+        .iter()
+        .filter(|e| !e.name.counting())
+        .max_by(|x, y| x.version.cmp(&y.version).then(x.name.id.cmp(&y.name.id)))
+        .map(|e| e.slot)
+}
+
+/// The slot an update goes to: the one that is not the good slot, so a second update before
+/// the first was booted replaces the first (still on trial), never the fallback. Without a
+/// good slot, the one that is not active (`b` on an empty ESP).
 pub fn update_slot(entries: &[SlotEntry]) -> char {
-    match active_slot(entries) {
+    match good_slot(entries).or_else(|| active_slot(entries)) {
         Some(s) => other(s),
         None => 'b',
     }
@@ -598,6 +610,21 @@ mod tests {
         // b good: the next update goes to a.
         let good = entries(&[entry("sitelink-a.conf", 1), entry("sitelink-b.conf", 2)]);
         assert_eq!(update_slot(&good), 'a');
+        // b on trial, not booted yet: a second update replaces b again, never the good a.
+        assert_eq!(good_slot(&trial), Some('a'));
+        assert_eq!(update_slot(&trial), 'b');
+        let tried = entries(&[entry("sitelink-a.conf", 1), entry("sitelink-b+1-2.conf", 2)]);
+        assert_eq!(update_slot(&tried), 'b');
+        // Both good: the older one goes.
+        let both = entries(&[entry("sitelink-a.conf", 3), entry("sitelink-b.conf", 2)]);
+        assert_eq!(update_slot(&both), 'b');
+        // No good slot (a on trial, b bad): the one not booted next.
+        let none = entries(&[
+            entry("sitelink-a+1.conf", 3),
+            entry("sitelink-b+0-3.conf", 2),
+        ]);
+        assert_eq!(good_slot(&none), None);
+        assert_eq!(update_slot(&none), 'b');
         // Other entries are ignored.
         let other = entries(&[entry("debian.conf", 9), entry("sitelink-a.conf", 1)]);
         assert_eq!(other.len(), 1);
