@@ -194,11 +194,12 @@ pub enum ImageError {
     Usage(String),
     #[error("{}", .0.join("\n"))]
     InvalidNetwork(Vec<String>),
-    #[error("cannot {op} {}: {source}", path.display())]
+    // The OS error is part of the message and not also a `source`: `{:#}` would print it twice.
+    #[error("cannot {op} {}: {error}", path.display())]
     Io {
         op: &'static str,
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("`{command}` failed: {detail}")]
     Tool { command: String, detail: String },
@@ -218,11 +219,10 @@ pub enum ImageError {
     Keys(#[from] sitelink_config::keys::KeystoreError),
     #[error(transparent)]
     Render(#[from] sitelink_config::site::RenderError),
-    #[error("step {step:?}: {source}")]
+    #[error("step {step:?}: {error}")]
     Step {
         step: &'static str,
-        #[source]
-        source: Box<ImageError>,
+        error: Box<ImageError>,
     },
 }
 
@@ -231,7 +231,7 @@ impl ImageError {
         ImageError::Io {
             op,
             path: path.to_owned(),
-            source,
+            error: source,
         }
     }
 }

@@ -30,7 +30,7 @@ impl Pipeline {
             }
             Err(e) => Err(ImageError::Step {
                 step: name,
-                source: Box::new(e),
+                error: Box::new(e),
             }),
         }
     }

@@ -5,7 +5,7 @@
 //! `sitelink validate` shows them all.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net};
 use serde::Deserialize;
@@ -733,10 +733,15 @@ impl Validator<'_> {
         let net = match s.parse::<IpNet>() {
             Ok(n) => n,
             Err(_) => {
-                let why = if s.parse::<IpAddr>().is_ok() {
-                    "has no prefix length"
-                } else {
-                    "is not an address with prefix length"
+                let why = match s.split_once('/') {
+                    None if s.parse::<IpAddr>().is_ok() => "has no prefix length",
+                    Some((a, _)) if a.parse::<Ipv4Addr>().is_ok() => {
+                        "has an invalid prefix length (IPv4: 0 to 32)"
+                    }
+                    Some((a, _)) if a.parse::<Ipv6Addr>().is_ok() => {
+                        "has an invalid prefix length (IPv6: 0 to 128)"
+                    }
+                    _ => "is not an address with prefix length",
                 };
                 self.error(
                     path,

@@ -143,6 +143,21 @@ fn prefix_with_host_bits() {
 }
 
 #[test]
+fn address_with_a_bad_prefix_length_says_so() {
+    for (bad, want) in [
+        ("10.2.0.1/33", "invalid prefix length (IPv4: 0 to 32)"),
+        ("10.2.0.1", "has no prefix length"),
+        ("fd00:2::1/129", "invalid prefix length (IPv6: 0 to 128)"),
+        ("gcp.lan/24", "is not an address with prefix length"),
+    ] {
+        let text = replace("address = \"10.2.0.1/24\"", &format!("address = \"{bad}\""));
+        let (_, path, msg) = only_error(&text);
+        assert_eq!(path, "sites[1].lan.address", "{bad}");
+        assert!(msg.contains(want), "{bad}: {msg}");
+    }
+}
+
+#[test]
 fn pool_too_small_for_the_links() {
     let mut text = replace(
         "name = \"t\"",
