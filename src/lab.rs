@@ -891,6 +891,10 @@ pub fn console(path: &Path, site_name: &str, attach: bool) -> Result<()> {
     let log = log_path(&net.name, mode, site_name);
     let mut file =
         fs::File::open(&log).with_context(|| format!("cannot open {}", log.display()))?;
+    eprintln!(
+        "sitelink: following {} from the start; Ctrl-C to stop",
+        log.display()
+    );
     let mut buf = Vec::new();
     loop {
         buf.clear();
