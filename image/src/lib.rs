@@ -563,7 +563,13 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, ImageError> {
                         why: "is not an x86-64 kernel module".into(),
                     });
                 }
-                Ok((m.clone(), data))
+                // Its dependencies that are modules here (not built in), for the load order.
+                let deps: Vec<String> = index
+                    .depends(m)?
+                    .into_iter()
+                    .filter(|d| closure.order.contains(d))
+                    .collect();
+                Ok((m.clone(), data, deps))
             })
             .collect::<Result<Vec<_>, _>>()?;
         eprintln!("    load order: {}", closure.order.join(" "));
@@ -617,7 +623,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, ImageError> {
             },
         );
         let mut order = String::new();
-        for (name, data) in &closure.1 {
+        for (name, data, deps) in &closure.1 {
             a.add(
                 &format!("{MODULE_DIR}/{name}.ko"),
                 Entry::File {
@@ -625,7 +631,12 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, ImageError> {
                     data: data.clone(),
                 },
             );
+            // `name dep dep...`: the init skips a module whose dependency did not load.
             order.push_str(name);
+            for d in deps {
+                order.push(' ');
+                order.push_str(d);
+            }
             order.push('\n');
         }
         a.add(
