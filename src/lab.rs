@@ -793,8 +793,12 @@ pub fn cut(path: &Path, a: &str, b: &str, heal: bool) -> Result<()> {
             "{a} and {b} are the same site; name two sites"
         )));
     }
-    netns::cut(&plan, a, b, heal)?;
-    outln!("{} {a} <-> {b}", if heal { "healed" } else { "cut" });
+    match (netns::cut(&plan, a, b, heal)?, heal) {
+        (true, true) => outln!("healed {a} <-> {b}"),
+        (true, false) => outln!("cut {a} <-> {b}"),
+        (false, true) => outln!("{a} <-> {b} was not cut; nothing to heal"),
+        (false, false) => outln!("{a} <-> {b} was cut already"),
+    }
     Ok(())
 }
 

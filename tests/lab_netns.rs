@@ -54,8 +54,15 @@ fn netns_lab_topology_delays_cut_heal_down() {
         ping_avg(&aws, "198.51.100.3", 1).is_some(),
         "cut aws-gcp also cut aws-azure"
     );
-    assert!(lab.run(&["lab", "heal", "aws", "gcp"]).status.success());
-    assert!(lab.run(&["lab", "heal", "aws", "gcp"]).status.success());
+    let out = lab.run(&["lab", "heal", "aws", "gcp"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "healed aws <-> gcp\n");
+    let out = lab.run(&["lab", "heal", "aws", "gcp"]);
+    assert!(out.status.success(), "healing twice is fine");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "aws <-> gcp was not cut; nothing to heal\n"
+    );
     assert!(
         ping_avg(&aws, "198.51.100.2", 2).is_some(),
         "heal did not restore aws-gcp"

@@ -436,8 +436,9 @@ pub fn exec(plan: &LabPlan, site_name: &str, argv: &[String]) -> Result<i32, Lab
         .unwrap_or(1))
 }
 
-/// Drop (cut) or restore (heal) WAN traffic between the routers of sites `a` and `b`.
-pub fn cut(plan: &LabPlan, a: &str, b: &str, heal: bool) -> Result<(), LabError> {
+/// Drop (cut) or restore (heal) WAN traffic between the routers of sites `a` and `b`. Returns
+/// false when there was nothing to do (healing what is not cut, cutting what is).
+pub fn cut(plan: &LabPlan, a: &str, b: &str, heal: bool) -> Result<bool, LabError> {
     check_root()?;
     require_up(plan)?;
     let (sa, sb) = (site(plan, a)?, site(plan, b)?);
@@ -447,16 +448,20 @@ pub fn cut(plan: &LabPlan, a: &str, b: &str, heal: bool) -> Result<(), LabError>
         Mode::Netns => "inet",
         Mode::Vm => "bridge",
     };
+    let mut changed = false;
     for (me, peer) in [(sa, sb), (sb, sa)] {
         let script = format!("{verb} element {family} lab cut {{ {} }}", peer.public);
         match nft_in(&me.router_ns, &script) {
             // Healing what is not cut is not an error.
             Err(CmdError::Failed { stderr, .. }) if heal && stderr.contains("No such file") => {}
             Err(CmdError::Failed { stderr, .. }) if !heal && stderr.contains("File exists") => {}
-            other => other?,
+            other => {
+                other?;
+                changed = true;
+            }
         }
     }
-    Ok(())
+    Ok(changed)
 }
 
 /// Ping once over each of `pairs` (site names, from the LAN host of the first to the LAN host of
