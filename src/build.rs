@@ -38,7 +38,7 @@ pub fn build(
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
     /// Install DIR/vmlinuz + DIR/initramfs.img (a newer `sitelink build`) into the slot of DISK
-    /// that is not active, with a tries counter: systemd-boot tries it first and falls back to
+    /// that is not the good one, with a tries counter: systemd-boot tries it first and falls back to
     /// the other slot unless the router marks it good (healthy: a tunnel with a handshake and
     /// answered probes).
     Update {

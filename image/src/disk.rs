@@ -9,7 +9,7 @@
 //! | 2 | `CIDATA` | Microsoft basic data | FAT12, label `CIDATA` | `site.toml`, `site.key`, `meta-data` (the config disk, byte for byte) |
 //! | 3 | `sitelink-state` | Linux data | FAT16, label `SL-STATE` | what the router keeps: `boot.log` |
 //!
-//! [`update`] writes a new kernel + initramfs into the slot that is not active and gives its
+//! [`update`] writes a new kernel + initramfs into the slot that is not the good one and gives its
 //! entry a tries counter, as `sitelink image update` does on the build host.
 
 use std::fs;
@@ -465,7 +465,7 @@ pub fn check_update(tries: u32, extra: &str) -> Result<(), ImageError> {
         .map_err(|e| ImageError::Usage(format!("--append: {e}")))
 }
 
-/// Install a kernel + initramfs into the slot that is not active on the disk at `path`: remove
+/// Install a kernel + initramfs into the slot that is not the good one on the disk at `path`: remove
 /// that slot's entry first (a half-written slot is never booted), write the files, then write
 /// its entry as `sitelink-<slot>+<tries>.conf` with a version above every other, so
 /// systemd-boot tries it first and falls back once its tries are used up. `extra` is added to
