@@ -89,12 +89,13 @@ pub fn image(command: ImageCommand) -> anyhow::Result<()> {
             }
             let u = sitelink_image::disk::update(&disk, files, tries, &append)?;
             outln!(
-                "{}: slot {} now holds {} (version {}, entry {}: {tries} tries, then back to slot {})",
+                "{}: slot {} now holds {} (version {}, entry {}: {tries} {}, then back to slot {})",
                 disk.display(),
                 u.slot,
                 from.display(),
                 u.version,
                 u.entry,
+                if tries == 1 { "try" } else { "tries" },
                 sitelink_image::disk::other(u.slot)
             );
             Ok(())

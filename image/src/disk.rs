@@ -380,6 +380,15 @@ pub fn with_fs<T>(
             "no partition named {name:?} (not a sitelink disk?)"
         ))
     })?;
+    let len = file
+        .seek(SeekFrom::End(0))
+        .map_err(|e| ImageError::io("seek", path, e))?;
+    if len < p.offset() + p.size() {
+        return Err(err(format!(
+            "is {len} bytes, but partition {name:?} ends at byte {}: the disk is truncated",
+            p.offset() + p.size()
+        )));
+    }
     let fs = FileSystem::new(Slice::new(&mut file, p.offset(), p.size()), fs_options())
         .map_err(|e| err(format!("partition {name:?}: not a FAT file system: {e}")))?;
     let out = f(&fs).map_err(|e| err(format!("partition {name:?}: {e}")))?;
@@ -460,9 +469,54 @@ pub fn check_update(tries: u32, extra: &str) -> Result<(), ImageError> {
             "--tries {tries}: at most {MAX_TRIES} (each failed try can take the health timeout, 5 minutes by default, before the router gives up on it)"
         )));
     }
+    if extra.chars().any(char::is_control) {
+        return Err(ImageError::Usage(
+            "--append: kernel arguments on one line, without control characters (a newline would add lines to the boot entry)".into(),
+        ));
+    }
+    let words: Vec<&str> = extra.split_whitespace().collect();
+    if words.iter().any(|w| w.starts_with("sitelink.slot=")) {
+        return Err(ImageError::Usage(
+            "--append: sitelink.slot= is set by the update itself (the slot it writes)".into(),
+        ));
+    }
+    if words
+        .iter()
+        .filter(|w| w.starts_with("sitelink.health_timeout="))
+        .count()
+        > 1
+    {
+        return Err(ImageError::Usage(
+            "--append: give sitelink.health_timeout= once".into(),
+        ));
+    }
     slots::cmdline_health_timeout(extra)
         .map(|_| ())
         .map_err(|e| ImageError::Usage(format!("--append: {e}")))
+}
+
+/// A release is a Linux kernel (bzImage: `HdrS` at 0x202) and a non-empty initramfs.
+fn check_release(files: SlotFiles<'_>) -> Result<(), ImageError> {
+    if files.vmlinuz.get(0x202..0x206) != Some(b"HdrS".as_slice()) {
+        return Err(ImageError::Usage(format!(
+            "the new vmlinuz ({} bytes) is not a Linux kernel (no bzImage header); give the directory of a `sitelink build`",
+            files.vmlinuz.len()
+        )));
+    }
+    if files.initramfs.is_empty() {
+        return Err(ImageError::Usage(
+            "the new initramfs.img is empty; give the directory of a `sitelink build`".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Bytes of `path` in `fs` (0 if it is not there).
+fn file_len<T: fatfs::ReadWriteSeek>(fs: &FileSystem<T>, path: &str) -> io::Result<u64> {
+    match fs.root_dir().open_file(path) {
+        Ok(mut f) => f.seek(SeekFrom::End(0)),
+        Err(_) => Ok(0),
+    }
 }
 
 /// Install a kernel + initramfs into the slot that is not the good one on the disk at `path`: remove
@@ -477,15 +531,34 @@ pub fn update(
     extra: &str,
 ) -> Result<Updated, ImageError> {
     check_update(tries, extra)?;
+    check_release(slot_files)?;
     with_fs(path, "sitelink-esp", |fs| {
         let entries = read_entries(fs)?;
         let slot = slots::update_slot(&entries);
         let version = entries.iter().map(|e| e.version).max().unwrap_or(0) + 1;
+        let sd = slots::slot_dir(slot);
+        // Room for the new files, counting what the old ones of that slot free, before anything
+        // is removed: a release that does not fit leaves the disk as it was.
+        let stats = fs.stats()?;
+        let cluster = u64::from(stats.cluster_size());
+        let clusters = |n: u64| n.div_ceil(cluster);
+        let need = clusters(slot_files.vmlinuz.len() as u64)
+            + clusters(slot_files.initramfs.len() as u64)
+            + 2;
+        let have = u64::from(stats.free_clusters())
+            + clusters(file_len(fs, &format!("{sd}/vmlinuz"))?)
+            + clusters(file_len(fs, &format!("{sd}/initramfs.img"))?);
+        if need > have {
+            return Err(io::Error::other(format!(
+                "the release needs {} KiB, the ESP has {} KiB for slot {slot}; nothing was written",
+                need * cluster / 1024,
+                have * cluster / 1024
+            )));
+        }
         let dir = fs.root_dir();
         for e in entries.iter().filter(|e| e.slot == slot) {
             dir.remove(&format!("{}/{}", slots::ENTRIES_DIR, e.name.file_name()))?;
         }
-        let sd = slots::slot_dir(slot);
         put(fs, &format!("{sd}/vmlinuz"), slot_files.vmlinuz)?;
         put(fs, &format!("{sd}/initramfs.img"), slot_files.initramfs)?;
         let entry = EntryName::trial(slot, tries).file_name();
@@ -538,6 +611,13 @@ mod tests {
         let r = write(&path, DISK_SIZE, &esp, &cfg, &state().unwrap_or_default());
         assert!(r.is_ok(), "{r:?}");
         path
+    }
+
+    /// Stand-in kernel: just the bzImage header magic an update checks for.
+    fn kernel(n: u8) -> Vec<u8> {
+        let mut k = vec![n; 0x400];
+        k[0x202..0x206].copy_from_slice(b"HdrS");
+        k
     }
 
     fn tmpdir(name: &str) -> std::path::PathBuf {
@@ -594,12 +674,13 @@ mod tests {
     fn a_second_update_before_a_boot_keeps_the_good_slot() {
         let d = tmpdir("update-twice");
         let path = disk(&d);
+        let (k2, k3) = (kernel(2), kernel(3));
         let v2 = SlotFiles {
-            vmlinuz: b"kernel-2",
+            vmlinuz: &k2,
             initramfs: b"initramfs-2",
         };
         let v3 = SlotFiles {
-            vmlinuz: b"kernel-3",
+            vmlinuz: &k3,
             initramfs: b"initramfs-3",
         };
         assert_eq!(update(&path, v2, 3, "").map(|u| u.slot).ok(), Some('b'));
@@ -627,11 +708,97 @@ mod tests {
     }
 
     #[test]
+    fn bad_releases_and_disks_are_refused_and_change_nothing() {
+        let d = tmpdir("update-bad");
+        let path = disk(&d);
+        let before = fs::read(&path).unwrap_or_default();
+        let k = kernel(2);
+        // Every byte but the ESP's FSInfo sector, where FAT keeps its free-cluster count (the
+        // space check counts the free clusters and fatfs stores the count it found).
+        let esp_off = partitions()[0].offset() as usize;
+        let fsinfo = esp_off
+            + 512
+                * usize::from(u16::from_le_bytes([
+                    before[esp_off + 48],
+                    before[esp_off + 49],
+                ]));
+        let masked = |mut d: Vec<u8>| {
+            d[fsinfo..fsinfo + 512].fill(0);
+            d
+        };
+        let refused = |files: SlotFiles<'_>, want: &str| {
+            let r = update(&path, files, 3, "");
+            assert!(
+                matches!(&r, Err(e) if e.to_string().contains(want)),
+                "{r:?}"
+            );
+            let after = fs::read(&path).unwrap_or_default();
+            assert!(
+                masked(after) == masked(before.clone()),
+                "{want}: disk changed"
+            );
+        };
+        refused(
+            SlotFiles {
+                vmlinuz: b"",
+                initramfs: b"i",
+            },
+            "is not a Linux kernel",
+        );
+        refused(
+            SlotFiles {
+                vmlinuz: &k,
+                initramfs: b"",
+            },
+            "initramfs.img is empty",
+        );
+        // Larger than the 96 MiB ESP: refused before slot b's old entry or files go.
+        let huge = vec![7u8; 100 << 20];
+        refused(
+            SlotFiles {
+                vmlinuz: &k,
+                initramfs: &huge,
+            },
+            "nothing was written",
+        );
+        for bad in [
+            "a\nlinux /x",
+            "sitelink.slot=a",
+            "sitelink.health_timeout=20 sitelink.health_timeout=30",
+        ] {
+            let r = check_update(3, bad);
+            assert!(
+                matches!(&r, Err(ImageError::Usage(e)) if e.starts_with("--append: ")),
+                "{bad:?}: {r:?}"
+            );
+        }
+        assert!(check_update(3, "sitelink.health_timeout=20 quiet").is_ok());
+        // A disk cut short (a partial copy) is not written to.
+        let short = d.join("short.raw");
+        let _ = fs::write(&short, &before[..(64 << 20)]);
+        let r = update(
+            &short,
+            SlotFiles {
+                vmlinuz: &k,
+                initramfs: b"i",
+            },
+            3,
+            "",
+        );
+        assert!(
+            matches!(&r, Err(e) if e.to_string().contains("the disk is truncated")),
+            "{r:?}"
+        );
+        let _ = fs::remove_dir_all(d);
+    }
+
+    #[test]
     fn updates_alternate_slots_with_a_tries_counter() {
         let d = tmpdir("update");
         let path = disk(&d);
+        let k2 = kernel(2);
         let new = SlotFiles {
-            vmlinuz: b"kernel-2",
+            vmlinuz: &k2,
             initramfs: b"initramfs-2",
         };
         let u = update(&path, new, 3, "").unwrap_or_else(|e| panic!("{e}"));
@@ -641,7 +808,7 @@ mod tests {
         );
         assert_eq!(
             read_file(&path, "sitelink-esp", "sitelink/b/vmlinuz").unwrap_or_default(),
-            b"kernel-2"
+            k2
         );
         let e = entries(&path).unwrap_or_default();
         assert_eq!(slots::active_slot(&e), Some('b'));
