@@ -495,22 +495,6 @@ pub fn check_update(tries: u32, extra: &str) -> Result<(), ImageError> {
         .map_err(|e| ImageError::Usage(format!("--append: {e}")))
 }
 
-/// A release is a Linux kernel (bzImage: `HdrS` at 0x202) and a non-empty initramfs.
-fn check_release(files: SlotFiles<'_>) -> Result<(), ImageError> {
-    if files.vmlinuz.get(0x202..0x206) != Some(b"HdrS".as_slice()) {
-        return Err(ImageError::Usage(format!(
-            "the new vmlinuz ({} bytes) is not a Linux kernel (no bzImage header); give the directory of a `sitelink build`",
-            files.vmlinuz.len()
-        )));
-    }
-    if files.initramfs.is_empty() {
-        return Err(ImageError::Usage(
-            "the new initramfs.img is empty; give the directory of a `sitelink build`".into(),
-        ));
-    }
-    Ok(())
-}
-
 /// Bytes of `path` in `fs` (0 if it is not there).
 fn file_len<T: fatfs::ReadWriteSeek>(fs: &FileSystem<T>, path: &str) -> io::Result<u64> {
     match fs.root_dir().open_file(path) {
@@ -531,7 +515,11 @@ pub fn update(
     extra: &str,
 ) -> Result<Updated, ImageError> {
     check_update(tries, extra)?;
-    check_release(slot_files)?;
+    slots::check_release(slot_files.vmlinuz, slot_files.initramfs).map_err(|e| {
+        ImageError::Usage(format!(
+            "the new {e}; give the directory of a `sitelink build`"
+        ))
+    })?;
     with_fs(path, "sitelink-esp", |fs| {
         let entries = read_entries(fs)?;
         let slot = slots::update_slot(&entries);

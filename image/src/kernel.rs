@@ -146,7 +146,7 @@ pub fn fetch(profile: Profile, deb: Option<&Path>, cache: &Path) -> Result<Kerne
 /// An x86 boot image: the "HdrS" boot protocol magic at 0x202.
 fn check_bzimage(path: &Path) -> Result<(), ImageError> {
     let data = fs::read(path).map_err(|e| ImageError::io("read", path, e))?;
-    if data.get(0x202..0x206) != Some(b"HdrS") {
+    if !sitelink_init::slots::is_bzimage(&data) {
         return Err(ImageError::Kernel {
             why: format!("{} is not an x86 bzImage (no HdrS header)", path.display()),
         });

@@ -441,6 +441,26 @@ pub enum UpdateOutcome {
 /// not running, with [`UPDATE_TRIES`] tries, unless the running slot already holds it or the
 /// other slot holds it and failed its boot assessment. Only call this from a good slot (the
 /// other slot is the fallback while a slot is on trial).
+/// An x86 Linux kernel image: the boot protocol's `HdrS` magic at 0x202 (bzImage).
+pub fn is_bzimage(data: &[u8]) -> bool {
+    data.get(0x202..0x206) == Some(b"HdrS".as_slice())
+}
+
+/// A release is an x86 Linux kernel and a non-empty initramfs: what both the update disk and
+/// `sitelink image update` check before writing a slot.
+pub fn check_release(vmlinuz: &[u8], initramfs: &[u8]) -> Result<(), String> {
+    if !is_bzimage(vmlinuz) {
+        return Err(format!(
+            "vmlinuz ({} bytes) is not a Linux kernel (no x86 bzImage header)",
+            vmlinuz.len()
+        ));
+    }
+    if initramfs.is_empty() {
+        return Err("initramfs.img is empty".into());
+    }
+    Ok(())
+}
+
 pub fn install_update(dev: &Path, booted: &Booted) -> Result<UpdateOutcome, String> {
     mount_vfat(dev, UPDATE_MOUNT, true)?;
     let read = |name: &str| {
@@ -450,12 +470,8 @@ pub fn install_update(dev: &Path, booted: &Booted) -> Result<UpdateOutcome, Stri
     let files = read("vmlinuz").and_then(|k| Ok((k, read("initramfs.img")?)));
     unmount(UPDATE_MOUNT);
     let (vmlinuz, initramfs) = files?;
-    if vmlinuz.get(0x202..0x206) != Some(b"HdrS".as_slice()) {
-        return Err(format!(
-            "update disk {}: vmlinuz is not an x86 kernel (no HdrS header)",
-            dev.display()
-        ));
-    }
+    check_release(&vmlinuz, &initramfs)
+        .map_err(|e| format!("update disk {}: {e}", dev.display()))?;
     mount_vfat(&booted.esp, ESP_MOUNT, false)?;
     let r = install_into_esp(Path::new(ESP_MOUNT), booted.slot, &vmlinuz, &initramfs);
     unmount(ESP_MOUNT);
