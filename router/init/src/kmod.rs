@@ -27,8 +27,8 @@ pub fn load_all(dir: &Path) -> (usize, Vec<String>) {
     let mut loaded = 0;
     let mut failed = Vec::new();
     // Drivers for hardware this machine lacks (Hyper-V's bus outside Azure) refuse with
-    // ENODEV. Not an error; neither are the modules that need them.
-    let mut no_device: Vec<&str> = Vec::new();
+    // ENODEV. Not an error; neither are the modules that need only them, directly or not.
+    let mut lacking: Vec<&str> = Vec::new();
     let mut not_loaded: BTreeSet<&str> = BTreeSet::new();
     for line in order.lines() {
         let mut words = line.split_whitespace();
@@ -36,8 +36,9 @@ pub fn load_all(dir: &Path) -> (usize, Vec<String>) {
         let missing: Vec<&str> = words.filter(|d| not_loaded.contains(d)).collect();
         if !missing.is_empty() {
             not_loaded.insert(name);
-            let lacking = missing.iter().all(|d| no_device.contains(d));
-            if !lacking {
+            if missing.iter().all(|d| lacking.contains(d)) {
+                lacking.push(name);
+            } else {
                 failed.push(format!(
                     "module {name}: not loaded: it needs {}, which did not load",
                     missing.join(", ")
@@ -59,24 +60,15 @@ pub fn load_all(dir: &Path) -> (usize, Vec<String>) {
             Err(e) => {
                 not_loaded.insert(name);
                 if e == Errno::ENODEV {
-                    no_device.push(name);
+                    lacking.push(name);
                 } else {
                     failed.push(format!("module {name}: {}", e.desc()));
                 }
             }
         }
     }
-    // What needs only missing hardware counts as lacking it too.
-    let lacking: Vec<&str> = not_loaded
-        .iter()
-        .copied()
-        .filter(|m| {
-            !failed
-                .iter()
-                .any(|f| f.starts_with(&format!("module {m}:")))
-        })
-        .collect();
     if !lacking.is_empty() {
+        lacking.sort_unstable();
         failed.push(format!(
             "modules for hardware this machine lacks: {}",
             lacking.join(", ")
